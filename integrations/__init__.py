@@ -1,0 +1,1 @@
+"""Drop-in integrations for vendor SDKs, one module per vendor."""

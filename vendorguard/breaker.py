@@ -1,0 +1,254 @@
+"""Circuit breaker on pybreaker, with admission outside pybreaker's lock.
+
+pybreaker's ``CircuitBreaker.call`` holds a re-entrant lock for the whole protected call, which
+serialises every call through one breaker. Here the vendor call runs outside any lock:
+
+1. *admit*: read the mirrored state (one attribute); closed admits at once. Open turns
+   half-open here once its time is up; half-open admits a bounded number of trials.
+2. the guard makes the call;
+3. *record*: the outcome is replayed through ``pybreaker.CircuitBreaker.call`` with a function
+   that returns or raises it, so pybreaker's storage, counters and listeners do the counting
+   under its lock for a few microseconds. A success while closed with no failures pending is
+   not replayed at all.
+
+Every admission carries the circuit's *generation*, bumped on each transition: the outcome of a
+call admitted in an earlier generation is dropped, so a late success cannot close a circuit
+whose trial is still running.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pybreaker
+
+from .events import CircuitStateChanged, emit
+from .policy import Breaker
+
+__all__ = ["Circuit", "SlowCallError"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+FORCED_OPEN, DISABLED = "forced_open", "disabled"
+_FROM_PYBREAKER = {pybreaker.STATE_CLOSED: CLOSED, pybreaker.STATE_OPEN: OPEN,
+                   pybreaker.STATE_HALF_OPEN: HALF_OPEN}
+_CONTROL_ONLY = Breaker(failures=2**62)
+REJECT = -1
+"""The generation returned by :meth:`Circuit.admit` for a rejected call."""
+
+
+class SlowCallError(Exception):
+    """Stands in for a call slower than ``Breaker.slow_call`` when it is counted as a failure."""
+
+
+def _return(value: object = None) -> object:
+    return value
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, circuit: Circuit) -> None:
+        self.circuit = circuit
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.circuit._mirror(_FROM_PYBREAKER[new_state.name])
+
+
+class Circuit:
+    """One circuit (per vendor, or per operation), its state mirrored for lock-free reads."""
+
+    def __init__(self, policy: Breaker | None, *, vendor: str, name: str,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_transition: Callable[[str, str], None] | None = None) -> None:
+        # Without a policy the circuit only carries runtime control (force_open, disable).
+        self.counting = policy is not None
+        policy = policy or _CONTROL_ONLY
+        self.policy = policy
+        self.vendor = vendor
+        self.name = name
+        self._clock = clock
+        self._on_transition = on_transition
+        self._lock = threading.Lock()
+        self.state = CLOSED
+        self.gen = 0
+        self.dirty = False  # failures recorded since the last success replay
+        self.open_until = 0.0
+        self._retry_after_hint = 0.0
+        self._trials = 0
+        self._override: str | None = None
+        self.track_successes = self.counting and (
+            policy.failure_rate is not None or policy.slow_call is not None)
+        self._ring: list[bool] = [False] * policy.window
+        self._ring_pos = 0
+        self._ring_len = 0
+        self._ring_failures = 0
+        storage = policy.storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=policy.failures if policy.failures is not None else 2**62,
+            reset_timeout=policy.reset_after,
+            success_threshold=policy.half_open_calls,
+            state_storage=storage,
+            listeners=[_Listener(self)],
+            name=f"{vendor}:{name}",
+            throw_new_error_on_trip=False,
+        )
+        initial = _FROM_PYBREAKER[self._cb.current_state]
+        if initial != CLOSED:
+            self._mirror(initial)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _mirror(self, new: str) -> None:
+        """Adopt a new state (called under pybreaker's lock by its listener, or by control)."""
+        old = self.state
+        if self._override is not None and new in (CLOSED, OPEN, HALF_OPEN):
+            return  # a forced/disabled circuit keeps its override until released
+        self.gen += 1
+        self.state = new
+        self._trials = 0
+        self._clear_window()
+        if new == OPEN:
+            self.open_until = self._clock() + max(self.policy.reset_after,
+                                                  self._retry_after_hint)
+            self._retry_after_hint = 0.0
+        elif new == CLOSED:
+            self.dirty = False
+        if old != new:
+            self._transition(old, new)
+
+    def _transition(self, old: str, new: str) -> None:
+        if self._on_transition is not None:
+            self._on_transition(old, new)
+        emit(CircuitStateChanged(self.vendor, self.name, old, new, time.time()))
+
+    def _clear_window(self) -> None:
+        self._ring_pos = self._ring_len = self._ring_failures = 0
+
+    def retry_after(self) -> float:
+        """Seconds until an open circuit lets a trial call through (0 when unknown)."""
+        if self.state == OPEN:
+            return max(0.0, self.open_until - self._clock())
+        return 0.0
+
+    # -- admission --------------------------------------------------------------------------
+
+    def admit(self) -> int:
+        """Return the generation a call is admitted in, or :data:`REJECT`."""
+        state = self.state
+        if state in (CLOSED, DISABLED):
+            return self.gen
+        if state == FORCED_OPEN:
+            return REJECT
+        with self._lock:
+            if self.state == OPEN:
+                if self._clock() < self.open_until:
+                    return REJECT
+                self._cb.half_open()  # listener -> _mirror(HALF_OPEN)
+            if self.state == HALF_OPEN:
+                if self._trials >= self.policy.half_open_calls:
+                    return REJECT
+                self._trials += 1
+                return self.gen
+            if self.state == FORCED_OPEN:
+                return REJECT
+            return self.gen
+
+    def release(self, gen: int) -> None:
+        """End an admitted call that recorded no outcome (cancelled, abandoned, caller error,
+        bulkhead full), so a half-open trial slot is never held forever."""
+        if self.state == HALF_OPEN:
+            with self._lock:
+                if self.gen == gen and self.state == HALF_OPEN and self._trials > 0:
+                    self._trials -= 1
+
+    # -- recording --------------------------------------------------------------------------
+
+    def success(self, gen: int, duration: float) -> None:
+        """Record a successful attempt admitted in generation ``gen``."""
+        if self.track_successes:
+            slow = self.policy.slow_call
+            if slow is not None and duration >= slow:
+                self.failure(gen, SlowCallError(), None)
+                return
+        state = self.state
+        if state == CLOSED:
+            if self.track_successes:
+                with self._lock:
+                    if self.gen == gen:
+                        self._push(False)
+            if not self.dirty:
+                return
+        elif state != HALF_OPEN:
+            return
+        with self._lock:
+            if self.gen != gen:
+                return
+            if self.state == HALF_OPEN:
+                self._trials = max(0, self._trials - 1)
+            self.dirty = False
+            self._cb.call(_return)
+
+    def failure(self, gen: int, exc: BaseException, retry_after: float | None) -> None:
+        """Record a failed attempt admitted in generation ``gen`` (never a caller error)."""
+        state = self.state
+        if (state != CLOSED and state != HALF_OPEN) or not self.counting:
+            return
+        tb, ctx, cause, suppress = (exc.__traceback__, exc.__context__, exc.__cause__,
+                                    exc.__suppress_context__)
+        with self._lock:
+            if self.gen != gen:
+                return
+            self._retry_after_hint = retry_after or 0.0
+            self.dirty = True
+            if self.state == HALF_OPEN:
+                self._trials = max(0, self._trials - 1)
+            try:
+                self._cb.call(_raise, exc)
+            except BaseException:
+                pass
+            finally:
+                exc.__traceback__, exc.__context__, exc.__cause__ = tb, ctx, cause
+                exc.__suppress_context__ = suppress
+            if (self.gen == gen and self.state == CLOSED and self.policy.failure_rate
+                    and self._push(True)):
+                self._cb.open()
+            self._retry_after_hint = 0.0
+
+    def _push(self, failed: bool) -> bool:
+        """Add an outcome to the sliding window; True when the failure rate trips it."""
+        ring, size = self._ring, len(self._ring)
+        if self._ring_len == size:
+            self._ring_failures -= ring[self._ring_pos]
+        else:
+            self._ring_len += 1
+        ring[self._ring_pos] = failed
+        self._ring_failures += failed
+        self._ring_pos = (self._ring_pos + 1) % size
+        rate = self.policy.failure_rate
+        return (rate is not None and self._ring_len >= self.policy.min_calls
+                and self._ring_failures >= rate * self._ring_len)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def force_open(self) -> None:
+        self._set_override(FORCED_OPEN)
+
+    def disable(self) -> None:
+        self._set_override(DISABLED)
+
+    def close(self) -> None:
+        """Release any override and close the circuit, forgetting counted failures."""
+        with self._lock:
+            self._override = None
+            self._cb.close()  # pybreaker always notifies: the listener mirrors CLOSED
+
+    def _set_override(self, state: str) -> None:
+        with self._lock:
+            self._override = None
+            self._mirror(state)
+            self._override = state

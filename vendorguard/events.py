@@ -1,0 +1,150 @@
+"""Immutable event records and the observer hook that telemetry plugs into.
+
+An observer is any callable taking one event. Observers run on the thread that produced the
+event; an observer that raises is logged and never breaks the vendor call. Per-call events are
+only built while at least one observer is registered, so the guard's hot path pays for them
+only when someone listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = [
+    "CallAbandoned",
+    "CallEnded",
+    "CallStarted",
+    "CircuitStateChanged",
+    "ControlApplied",
+    "Event",
+    "FallbackServed",
+    "Observer",
+    "RetryBlocked",
+    "RetryScheduled",
+    "add_observer",
+    "remove_observer",
+]
+
+_log = logging.getLogger("vendorguard")
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A logical call entered the guard."""
+
+    vendor: str
+    operation: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """A logical call left the guard. ``error_type`` is the failure's class name (never its
+    message); ``fallback`` is the outcome that triggered a fallback, or ``None``."""
+
+    vendor: str
+    operation: str
+    outcome: str
+    attempts: int
+    duration: float
+    error_type: str | None
+    fallback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    """An attempt failed and another one will follow after ``delay`` seconds."""
+
+    vendor: str
+    operation: str
+    attempt: int
+    reason: str
+    delay: float
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBlocked:
+    """A retry was refused by the vendor's retry budget."""
+
+    vendor: str
+    operation: str
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackServed:
+    """A fallback answered a failure whose outcome was ``reason``."""
+
+    vendor: str
+    operation: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStateChanged:
+    """A circuit moved between states (``closed``, ``open``, ``half_open``, ``forced_open``,
+    ``disabled``)."""
+
+    vendor: str
+    circuit: str
+    from_state: str
+    to_state: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControlApplied:
+    """An operator acted on a vendor: ``force_open``, ``force_close``, ``disable`` or ``reset``.
+    ``time`` is wall-clock seconds since the epoch."""
+
+    vendor: str
+    action: str
+    reason: str | None
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallAbandoned:
+    """A sync attempt outlived its timeout; its worker thread is still running it."""
+
+    vendor: str
+    operation: str
+
+
+Event = Union[CallStarted, CallEnded, RetryScheduled, RetryBlocked, FallbackServed,  # noqa: UP007
+              CircuitStateChanged, ControlApplied, CallAbandoned]
+Observer = Callable[[Event], None]
+
+# Read on the hot path as a plain module global: an empty tuple means nobody listens.
+observers: tuple[Observer, ...] = ()
+_lock = threading.Lock()
+
+
+def add_observer(observer: Observer) -> None:
+    """Register a callable that receives every :data:`Event`."""
+    global observers
+    if not callable(observer):
+        raise TypeError(f"observer must be callable, got {observer!r}")
+    with _lock:
+        if observer not in observers:
+            observers = (*observers, observer)
+
+
+def remove_observer(observer: Observer) -> None:
+    """Unregister an observer; unknown observers are ignored."""
+    global observers
+    with _lock:
+        observers = tuple(o for o in observers if o is not observer)
+
+
+def emit(event: Event) -> None:
+    """Deliver ``event`` to every observer, isolating their failures."""
+    for observer in observers:
+        try:
+            observer(event)
+        except Exception:  # an observer's bug must never break a vendor call
+            _log.exception("vendorguard observer %r failed on %s", observer,
+                           type(event).__name__)

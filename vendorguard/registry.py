@@ -1,0 +1,357 @@
+"""Vendor, the process-wide registry, and runtime control (force_open, disable, ...)."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import logging
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from prometheus_client import CollectorRegistry
+
+from .breaker import Circuit
+from .classify import Classifier
+from .events import ControlApplied, emit
+from .fallback import MISSING
+from .pipeline import Guard, TimeoutMode
+from .policy import Breaker, Bulkhead, Retry, RetryBudget, Timeout
+from .retry import TokenBucket
+from .telemetry.metrics import CIRCUIT_STATES, circuit_children, families
+from .timeouts import WorkerPool
+
+if TYPE_CHECKING:
+    from .proxy import VendorProxy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import ParamSpec
+else:
+    try:
+        from typing import ParamSpec
+    except ImportError:  # pragma: no cover - Python 3.10 has it; kept for type checkers
+        from typing_extensions import ParamSpec
+
+__all__ = ["Vendor", "guard", "vendor", "vendors"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_NAME = re.compile(r"^[a-z0-9_.-]+$")
+_log = logging.getLogger("vendorguard")
+_registry: dict[str, Vendor] = {}
+_registry_lock = threading.Lock()
+DEFAULT_POOL_SIZE = 32
+"""Worker threads for sync timeouts of a vendor without a bulkhead."""
+
+_DEFAULT_RETRY = Retry()
+_DEFAULT_BREAKER = Breaker()
+
+
+class Vendor:
+    """A third-party vendor and its policies; every guard of the vendor shares its circuit,
+    bulkhead, retry budget and metrics.
+
+    Args:
+        name: ``[a-z0-9_.-]+``, unique in the process; becomes the ``vendor`` metric label.
+        timeout: default time bounds (none unless given).
+        retry: default retry policy; ``None`` never retries.
+        breaker: circuit breaker policy; ``None`` has no breaker.
+        bulkhead: concurrency limit; ``None`` has none.
+        critical: whether this vendor being down makes the application unhealthy.
+        classifier: default failure classifier for the vendor's guards.
+        registry: the Prometheus registry (default: the global one).
+    """
+
+    def __init__(self, name: str, *, timeout: Timeout | None = None,
+                 retry: Retry | None = _DEFAULT_RETRY, breaker: Breaker | None = _DEFAULT_BREAKER,
+                 bulkhead: Bulkhead | None = None, critical: bool = False,
+                 classifier: Classifier | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"Vendor name must match [a-z0-9_.-]+, got {name!r}")
+        _check("timeout", timeout, Timeout)
+        _check("retry", retry, Retry)
+        _check("breaker", breaker, Breaker)
+        _check("bulkhead", bulkhead, Bulkhead)
+        if classifier is not None and not callable(classifier):
+            raise TypeError(f"Vendor.classifier must be callable, got {classifier!r}")
+        self.name = name
+        self.timeout = timeout or Timeout()
+        self.retry = retry
+        self.breaker = breaker
+        self.bulkhead = bulkhead
+        self.critical = bool(critical)
+        self.classifier = classifier
+        self.families = families(registry)
+        self.audit: collections.deque[ControlApplied] = collections.deque(maxlen=100)
+        self.slots = None
+        if bulkhead is not None:
+            from .bulkhead import Slots
+            self.slots = Slots(bulkhead.max_concurrent)
+        self.inflight: list[None] = []
+        self.families.in_flight.labels(name).set_function(self.inflight.__len__)
+        self._abandoned = self.families.abandoned.labels(name)
+        self._abandoned.set(0)
+        self._lock = threading.Lock()
+        self._circuits: dict[str, Circuit] = {}
+        self._buckets: dict[RetryBudget, TokenBucket] = {}
+        self._pool: WorkerPool | None = None
+        self._guards: dict[str, Guard] = {}
+        with _registry_lock:
+            if name in _registry:
+                raise ValueError(f"a vendor named {name!r} is already registered; "
+                                 f"use vendorguard.vendor({name!r}) to get it")
+            _registry[name] = self
+
+    def __repr__(self) -> str:
+        return f"<Vendor {self.name!r}>"
+
+    # -- shared parts -------------------------------------------------------------------------
+
+    def circuit_for(self, operation: str) -> Circuit:
+        """The circuit guarding ``operation`` (one per vendor unless scoped per operation).
+
+        A vendor without a breaker policy still has a circuit: it never trips on its own but
+        carries runtime control, so the kill switch works on every vendor."""
+        scoped = self.breaker is not None and self.breaker.scope == "operation"
+        key = operation if scoped else self.name
+        with self._lock:
+            circuit = self._circuits.get(key)
+            if circuit is None:
+                children = circuit_children(self.families, self.name, key)
+                transitions = self.families.circuit_transitions
+
+                def on_transition(old: str, new: str) -> None:
+                    for s in CIRCUIT_STATES:
+                        children[s].set(1 if s == new else 0)
+                    transitions.labels(self.name, key, old, new).inc()
+                    level = logging.WARNING if new != "closed" else logging.INFO
+                    _log.log(level, "vendorguard: %s circuit %s: %s -> %s",
+                             self.name, key, old, new)
+
+                circuit = Circuit(self.breaker, vendor=self.name, name=key,
+                                  on_transition=on_transition)
+                for s in CIRCUIT_STATES:
+                    children[s].set(1 if s == circuit.state else 0)
+                self._circuits[key] = circuit
+            return circuit
+
+    def circuits(self) -> dict[str, Circuit]:
+        """The circuits created so far, by circuit name."""
+        with self._lock:
+            return dict(self._circuits)
+
+    def bucket_for(self, budget: RetryBudget) -> TokenBucket:
+        with self._lock:
+            bucket = self._buckets.get(budget)
+            if bucket is None:
+                bucket = self._buckets[budget] = TokenBucket(budget)
+            return bucket
+
+    def worker_pool(self) -> WorkerPool:
+        with self._lock:
+            if self._pool is None:
+                size = self.bulkhead.max_concurrent if self.bulkhead else DEFAULT_POOL_SIZE
+                self._pool = WorkerPool(self.name, size, on_abandon=self._abandoned.inc,
+                                        on_abandoned_end=self._abandoned.dec)
+            return self._pool
+
+    @property
+    def abandoned(self) -> int:
+        """Sync attempts abandoned at their timeout whose threads are still running."""
+        return self._pool.abandoned if self._pool is not None else 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.inflight)
+
+    # -- guarding -----------------------------------------------------------------------------
+
+    def _guard(self, operation: str, fallback: Any, timeout: Timeout | None,
+               retry: Retry | Any | None, classifier: Classifier | None, idempotent: bool,
+               timeout_mode: TimeoutMode) -> Guard:
+        return Guard(self, operation, fallback=fallback,
+                     timeout=self.timeout if timeout is None else timeout,
+                     retry=self.retry if retry is MISSING else retry,
+                     classifier=classifier or self.classifier, idempotent=idempotent,
+                     timeout_mode=timeout_mode)
+
+    def guard(self, operation: str, *, fallback: Any = MISSING, timeout: Timeout | None = None,
+              retry: Retry | Any | None = MISSING, classifier: Classifier | None = None,
+              idempotent: bool = False, timeout_mode: TimeoutMode = "thread",
+              ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator guarding a sync or async function (or method) as ``operation``.
+
+        Args:
+            operation: the operation name (a metric label: name it in code, e.g. "mail.send").
+            fallback: served instead of a failure: a value, a callable taking a
+                :class:`~vendorguard.Failure`, a :class:`~vendorguard.LastGood`; absent, the
+                failure is raised (``None`` is a value).
+            timeout, retry: override the vendor's policies for this operation.
+            classifier: overrides the vendor's classifier.
+            idempotent: whether ambiguous failures (the vendor may have acted) may be retried.
+            timeout_mode: ``"thread"`` bounds sync calls on the vendor's worker pool;
+                ``"caller"`` leaves it to the callable, which reads
+                :func:`vendorguard.timeouts.attempt_timeout`.
+        """
+        compiled = self._guard(operation, fallback, timeout, retry, classifier, idempotent,
+                               timeout_mode)
+        return functools.partial(_decorate, compiled)  # type: ignore[return-value]
+
+    def call(self, operation: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """Call ``fn(*args, **kwargs)`` once through this vendor's guard for ``operation``.
+
+        For a coroutine function, returns an awaitable.
+        """
+        compiled = self._guards.get(operation)
+        if compiled is None:
+            compiled = self._guards.setdefault(
+                operation, self._guard(operation, MISSING, None, MISSING, None, False, "thread"))
+        if inspect.iscoroutinefunction(fn):
+            return compiled.run_async(fn, args, kwargs)  # type: ignore[return-value]
+        return compiled.run_sync(fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def wrap(self, obj: Any, operations: Mapping[str, str] | Iterable[str], *,
+             fallback: Any = MISSING, timeout: Timeout | None = None,
+             retry: Retry | Any | None = MISSING, classifier: Classifier | None = None,
+             idempotent: bool = False, timeout_mode: TimeoutMode = "thread") -> VendorProxy:
+        """A proxy of ``obj`` whose listed methods are guarded.
+
+        ``operations`` maps attribute paths to operation names (``{"send": "mail.send",
+        "v1.charges.create": "charges.create"}``) or lists attribute paths used as names.
+        Everything else passes through untouched; ``isinstance`` and ``repr`` see ``obj``.
+        """
+        from .proxy import VendorProxy, build_operations
+
+        ops = build_operations(operations)
+        guards = {path: self._guard(op, fallback, timeout, retry, classifier, idempotent,
+                                    timeout_mode) for path, op in ops.items()}
+        return VendorProxy(obj, guards, "")
+
+    # -- runtime control ----------------------------------------------------------------------
+
+    def _control(self, action: str, reason: str | None,
+                 apply: Callable[[Circuit], None]) -> None:
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a string, got {reason!r}")
+        if not self._circuits:
+            self.circuit_for(self.name)
+        for circuit in self.circuits().values():
+            apply(circuit)
+        event = ControlApplied(self.name, action, reason, time.time())
+        self.audit.append(event)
+        _log.warning("vendorguard: %s %s (reason: %s)", self.name, action, reason or "none")
+        emit(event)
+
+    def force_open(self, reason: str | None = None) -> None:
+        """Kill switch: reject every call (served by fallbacks) until force_close/reset."""
+        self._control("force_open", reason, Circuit.force_open)
+
+    def force_close(self, reason: str | None = None) -> None:
+        """Close the circuit now, releasing a force_open or disable."""
+        self._control("force_close", reason, Circuit.close)
+
+    def disable(self, reason: str | None = None) -> None:
+        """Metrics only: observe every call but never reject one."""
+        self._control("disable", reason, Circuit.disable)
+
+    def reset(self, reason: str | None = None) -> None:
+        """Back to a closed circuit with no failures counted."""
+        self._control("reset", reason, Circuit.close)
+
+    def unregister(self) -> None:
+        """Remove this vendor from the registry (its metrics stay registered)."""
+        with _registry_lock:
+            if _registry.get(self.name) is self:
+                del _registry[self.name]
+
+
+def _check(field: str, value: Any, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"Vendor.{field} must be a vendorguard.{kind.__name__} or None, "
+                        f"got {value!r}")
+
+
+@overload
+def _decorate(compiled: Guard, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+@overload
+def _decorate(compiled: Guard, fn: Callable[P, R]) -> Callable[P, R]: ...
+def _decorate(compiled: Guard, fn: Any) -> Any:
+    """Wrap ``fn`` (function, method, classmethod or staticmethod) with a compiled guard."""
+    if isinstance(fn, (classmethod, staticmethod)):
+        return type(fn)(_decorate(compiled, fn.__func__))
+    if not callable(fn):
+        raise TypeError(f"{compiled.name}.guard({compiled.operation!r}) needs a callable, "
+                        f"got {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{compiled.name}.guard({compiled.operation!r}) cannot guard the generator "
+            f"function {fn.__qualname__}: its body runs after the guard returns. Guard a "
+            f"function that returns a list, or guard each vendor call inside it.")
+    if inspect.iscoroutinefunction(fn):
+        run_async = compiled.run_async
+
+        @functools.wraps(fn)
+        async def async_guarded(*args: Any, **kwargs: Any) -> Any:
+            return await run_async(fn, args, kwargs)
+
+        async_guarded.vendorguard = compiled  # type: ignore[attr-defined]
+        return async_guarded
+    run = compiled.run_sync
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        return run(fn, args, kwargs)
+
+    guarded.vendorguard = compiled  # type: ignore[attr-defined]
+    return guarded
+
+
+def vendor(name: str) -> Vendor:
+    """The registered vendor called ``name`` (``KeyError`` if there is none)."""
+    try:
+        return _registry[name]
+    except KeyError:
+        raise KeyError(f"no vendor named {name!r} is registered") from None
+
+
+def vendors() -> list[Vendor]:
+    """The registered vendors, in registration order."""
+    with _registry_lock:
+        return list(_registry.values())
+
+
+def get_or_create(name: str) -> Vendor:
+    """The vendor called ``name``, created with default policies if it does not exist."""
+    with _registry_lock:
+        found = _registry.get(name)
+    if found is not None:
+        return found
+    try:
+        return Vendor(name)
+    except ValueError:
+        with _registry_lock:
+            found = _registry.get(name)
+        if found is None:
+            raise
+        return found
+
+
+def guard(vendor: str, operation: str, *, fallback: Any = MISSING,
+          timeout: Timeout | None = None, retry: Retry | Any | None = MISSING,
+          classifier: Classifier | None = None, idempotent: bool = False,
+          timeout_mode: TimeoutMode = "thread") -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Shorthand: ``vg.guard("sendgrid", "mail.send")`` guards with the vendor of that name,
+    creating it with default policies if it is not registered yet."""
+    return get_or_create(vendor).guard(
+        operation, fallback=fallback, timeout=timeout, retry=retry, classifier=classifier,
+        idempotent=idempotent, timeout_mode=timeout_mode)
+
+
+def clear() -> None:
+    """Forget every registered vendor (for tests; metrics stay in their registries)."""
+    with _registry_lock:
+        _registry.clear()

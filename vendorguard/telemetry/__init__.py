@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics (and, later, spans, logs, health and HTTP endpoints)."""

@@ -1,0 +1,123 @@
+"""Prometheus metrics, created once per registry, with label children bound at guard creation.
+
+Label values come from code only (vendor and operation names, fixed outcome/state/reason
+sets), never from call arguments or exception messages, so cardinality stays bounded and no
+personal data reaches a scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "BUCKETS",
+    "CIRCUIT_STATES",
+    "OUTCOMES",
+    "RETRY_REASONS",
+    "Families",
+    "OperationMetrics",
+    "families",
+]
+
+OUTCOMES = ("success", "caller_error", "error", "timeout", "rejected")
+FALLBACK_REASONS = ("error", "timeout", "rejected")
+RETRY_REASONS = ("transient", "ambiguous", "timeout", "rate_limited")
+CIRCUIT_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Families:
+    """The metric families of one registry."""
+
+    calls: Counter
+    duration: Histogram
+    retries: Counter
+    retries_blocked: Counter
+    fallbacks: Counter
+    circuit_state: Gauge
+    circuit_transitions: Counter
+    in_flight: Gauge
+    abandoned: Gauge
+
+
+_lock = threading.Lock()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Families] = (
+    weakref.WeakKeyDictionary())
+
+
+def families(registry: CollectorRegistry | None = None) -> Families:
+    """The vendorguard metric families registered in ``registry`` (default: the global one)."""
+    reg = REGISTRY if registry is None else registry
+    with _lock:
+        found = _by_registry.get(reg)
+        if found is None:
+            found = _create(reg)
+            _by_registry[reg] = found
+        return found
+
+
+def _create(reg: CollectorRegistry) -> Families:
+    vo = ("vendor", "operation")
+    return Families(
+        calls=Counter("vendorguard_calls", "Logical vendor calls by outcome.",
+                      (*vo, "outcome"), registry=reg),
+        duration=Histogram("vendorguard_call_duration_seconds",
+                           "Duration of logical vendor calls, retries and waits included.",
+                           (*vo, "outcome"), buckets=BUCKETS, registry=reg),
+        retries=Counter("vendorguard_retries", "Retry attempts by reason.",
+                        (*vo, "reason"), registry=reg),
+        retries_blocked=Counter("vendorguard_retries_blocked",
+                                "Retries refused by the vendor's retry budget.",
+                                ("vendor",), registry=reg),
+        fallbacks=Counter("vendorguard_fallbacks",
+                          "Fallbacks served, by the outcome that triggered them.",
+                          (*vo, "reason"), registry=reg),
+        circuit_state=Gauge("vendorguard_circuit_state",
+                            "Circuit breaker state, one-hot (1 for the current state).",
+                            ("vendor", "circuit", "state"), registry=reg,
+                            multiprocess_mode="livemax"),
+        circuit_transitions=Counter("vendorguard_circuit_transitions",
+                                    "Circuit breaker state transitions.",
+                                    ("vendor", "circuit", "from_state", "to_state"),
+                                    registry=reg),
+        in_flight=Gauge("vendorguard_calls_in_flight", "Logical vendor calls in progress.",
+                        ("vendor",), registry=reg, multiprocess_mode="livesum"),
+        abandoned=Gauge("vendorguard_abandoned_calls",
+                        "Timed-out sync attempts whose worker thread is still running.",
+                        ("vendor",), registry=reg, multiprocess_mode="livesum"),
+    )
+
+
+class OperationMetrics:
+    """Children for one (vendor, operation), bound once so calls never look labels up."""
+
+    __slots__ = ("calls", "duration", "fallbacks", "retries", "retries_blocked")
+
+    def __init__(self, fam: Families, vendor: str, operation: str) -> None:
+        self.calls: dict[str, Any] = {
+            o: fam.calls.labels(vendor, operation, o) for o in OUTCOMES}
+        self.duration: dict[str, Any] = {
+            o: fam.duration.labels(vendor, operation, o) for o in OUTCOMES if o != "rejected"}
+        self.retries: dict[str, Any] = {
+            r: fam.retries.labels(vendor, operation, r) for r in RETRY_REASONS}
+        self.fallbacks: dict[str, Any] = {
+            r: fam.fallbacks.labels(vendor, operation, r) for r in FALLBACK_REASONS}
+        self.retries_blocked: Any = fam.retries_blocked.labels(vendor)
+
+
+def circuit_children(fam: Families, vendor: str, circuit: str) -> dict[str, Any]:
+    """One-hot state children for a circuit, all present from the start."""
+    return {s: fam.circuit_state.labels(vendor, circuit, s) for s in CIRCUIT_STATES}
+
+
+def set_one_hot(children: dict[str, Any], state: str, states: Sequence[str] = CIRCUIT_STATES,
+                ) -> None:
+    for s in states:
+        children[s].set(1 if s == state else 0)
