@@ -22,7 +22,6 @@ from .errors import (
     VendorError,
     VendorTimeoutError,
 )
-from . import events
 from .events import Event, Observer, add_observer, remove_observer
 from .fallback import Failure, FallbackStrategy, LastGood
 from .pipeline import Guard

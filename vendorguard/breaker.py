@@ -76,13 +76,15 @@ class Circuit:
         self._lock = threading.Lock()
         self.state = CLOSED
         self.gen = 0
-        self.dirty = False  # failures recorded since the last success replay
+        self._pending = False  # failures recorded since the last success replay
         self.open_until = 0.0
         self._retry_after_hint = 0.0
         self._trials = 0
         self._override: str | None = None
         self.track_successes = self.counting and (
             policy.failure_rate is not None or policy.slow_call is not None)
+        # Read by the guard's fast path: a success while closed must be recorded.
+        self.dirty = self.track_successes
         self._ring: list[bool] = [False] * policy.window
         self._ring_pos = 0
         self._ring_len = 0
@@ -117,7 +119,8 @@ class Circuit:
                                                   self._retry_after_hint)
             self._retry_after_hint = 0.0
         elif new == CLOSED:
-            self.dirty = False
+            self._pending = False
+            self.dirty = self.track_successes
         if old != new:
             self._transition(old, new)
 
@@ -142,7 +145,7 @@ class Circuit:
         state = self.state
         if state in (CLOSED, DISABLED):
             return self.gen
-        if state == FORCED_OPEN:
+        if state == FORCED_OPEN or (state == OPEN and self._clock() < self.open_until):
             return REJECT
         with self._lock:
             if self.state == OPEN:
@@ -157,6 +160,11 @@ class Circuit:
             if self.state == FORCED_OPEN:
                 return REJECT
             return self.gen
+
+    def rejecting(self) -> bool:
+        """Whether :meth:`admit` would reject now (a read-only check, no trial slot taken)."""
+        state = self.state
+        return state == FORCED_OPEN or (state == OPEN and self._clock() < self.open_until)
 
     def release(self, gen: int) -> None:
         """End an admitted call that recorded no outcome (cancelled, abandoned, caller error,
@@ -181,7 +189,7 @@ class Circuit:
                 with self._lock:
                     if self.gen == gen:
                         self._push(False)
-            if not self.dirty:
+            if not self._pending:
                 return
         elif state != HALF_OPEN:
             return
@@ -190,7 +198,8 @@ class Circuit:
                 return
             if self.state == HALF_OPEN:
                 self._trials = max(0, self._trials - 1)
-            self.dirty = False
+            self._pending = False
+            self.dirty = self.track_successes
             self._cb.call(_return)
 
     def failure(self, gen: int, exc: BaseException, retry_after: float | None) -> None:
@@ -204,7 +213,7 @@ class Circuit:
             if self.gen != gen:
                 return
             self._retry_after_hint = retry_after or 0.0
-            self.dirty = True
+            self._pending = self.dirty = True
             if self.state == HALF_OPEN:
                 self._trials = max(0, self._trials - 1)
             try:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import events
-from .breaker import REJECT, Circuit
+from .breaker import CLOSED, REJECT, Circuit
 from .classify import Classifier, Kind, Verdict, default_classifier
 from .errors import BulkheadFullError, CircuitOpenError, FallbackError, VendorTimeoutError
 from .events import (
@@ -36,10 +36,10 @@ from .events import (
     RetryScheduled,
     emit,
 )
-from .fallback import Failure, FallbackStrategy, NoFallback, compile_fallback
+from .fallback import Failure, FallbackStrategy, NoFallback, _Value, compile_fallback
 from .policy import Retry, Timeout
 from .retry import RetryPlan, TokenBucket, is_testing
-from .telemetry.metrics import OperationMetrics
+from .telemetry.metrics import OperationMetrics, fast_inc
 from .timeouts import (
     AttemptTimedOut,
     WorkerPool,
@@ -121,10 +121,8 @@ class Guard:
             vendor.bucket_for(retry.budget) if self.plan and retry and retry.budget else None)
         self.inflight = vendor.inflight
         self._remember = self.fallback is not None and self.fallback.remembers
-        # The inline fast path applies when nothing but breaker and metrics touch a success.
-        self._simple = (not timeout.bounded and self.slots is None and not self._remember
-                        and self.bucket is None)
         self._pool: WorkerPool | None = None
+        self.run_sync = self._compile_sync()
 
     def describe(self) -> list[str]:
         """The layers of this guard, outermost first, as they apply to a call."""
@@ -146,7 +144,9 @@ class Guard:
 
     # -- shared decision logic ----------------------------------------------------------------
 
-    def _start(self) -> _Call:
+    def _start(self, count: bool = True) -> _Call:
+        if count and self.bucket is not None:
+            self.bucket.calls += 1
         end = _deadline.get()
         total = self.timeout.total
         if total is not None:
@@ -247,9 +247,9 @@ class Guard:
     def _end(self, start: float, outcome: str, attempts: int, error: BaseException | None,
              fallback: bool = False) -> None:
         m = self.metrics
-        m.calls[outcome].inc()
+        m.inc_call[outcome](1)
         if outcome != "rejected":
-            m.duration[outcome].observe(perf() - start)
+            m.observe[outcome](perf() - start)
         if fallback:
             m.fallbacks[outcome].inc()
         if events.observers:
@@ -284,45 +284,75 @@ class Guard:
 
     # -- sync -----------------------------------------------------------------------------------
 
-    def run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
-        """Call ``fn(*args, **kwargs)`` through the pipeline."""
-        if self._simple and not events.observers and _deadline.get() is None:
-            circuit = self.circuit
-            gen = circuit.admit() if circuit is not None else 0
-            if gen != REJECT:
+    def _compile_sync(self) -> Callable[[Callable[..., Any], tuple[Any, ...],
+                                         dict[str, Any]], Any]:
+        """Build ``run_sync``: a closure with everything pre-bound.
+
+        While the circuit is closed and nothing but breaker and metrics touches a success, the
+        first attempt runs inline: no admission call, no per-call state, no label lookup, no
+        lock. An open circuit answered by a fallback value raises nothing.
+        """
+        circuit = self.circuit
+        assert circuit is not None
+        loop, start_call = self._sync_loop, self._start
+        push, pop = self.inflight.append, self.inflight.pop
+        m = self.metrics
+        ok_inc, ok_observe = m.inc_call["success"], m.observe["success"]
+        rejected_inc = m.inc_call["rejected"]
+        fallback_rejected_inc = fast_inc(m.fallbacks["rejected"])
+        fallback = self.fallback
+        reject_value = isinstance(fallback, _Value)
+        value = fallback.value if isinstance(fallback, _Value) else None
+        remember = fallback.remember if fallback is not None and fallback.remembers else None
+        bucket = self.bucket
+        inline = not self.timeout.bounded and self.slots is None
+        get_deadline = _deadline.get
+        ev = events
+
+        def run_sync(fn: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+            if ev.observers or get_deadline() is not None:
+                pass
+            elif circuit.state is CLOSED and inline:
+                gen = circuit.gen
+                if bucket is not None:
+                    bucket.calls += 1
+                push(None)
                 start = perf()
-                self.inflight.append(None)
                 try:
                     result = fn(*args, **kwargs)
                 except Exception as exc:
                     first: Exception = exc
                 except BaseException:
-                    self.inflight.pop()
-                    if circuit is not None:
-                        circuit.release(gen)
+                    pop()
                     raise
                 else:
-                    self.inflight.pop()
+                    pop()
                     duration = perf() - start
-                    if circuit is not None and (circuit.dirty or circuit.track_successes
-                                                or circuit.state != "closed"):
+                    if circuit.dirty:
                         circuit.success(gen, duration)
-                    m = self.metrics
-                    m.calls["success"].inc()
-                    m.duration["success"].observe(duration)
+                    if remember is not None:
+                        remember(args, kwargs, result)
+                    ok_inc(1)
+                    ok_observe(duration)
                     return result
                 try:
-                    return self._sync_loop(fn, args, kwargs, start, self._start(),
-                                           (first, gen, perf() - start))
+                    return loop(fn, args, kwargs, start, start_call(False),
+                                (first, gen, perf() - start))
                 finally:
-                    self.inflight.pop()
-        start = perf()
-        self.inflight.append(None)
-        try:
-            return self._sync_loop(fn, args, kwargs, start, self._start(), None)
-        finally:
-            self.inflight.pop()
+                    pop()
+            elif reject_value and circuit.rejecting():
+                rejected_inc(1)
+                fallback_rejected_inc(1)
+                return value
+            start = perf()
+            push(None)
+            try:
+                return loop(fn, args, kwargs, start, start_call(), None)
+            finally:
+                pop()
+
+        return run_sync
 
     def _sync_loop(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                    start: float, call: _Call, first: tuple[Exception, int, float] | None) -> Any:

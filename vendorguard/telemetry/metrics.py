@@ -7,9 +7,10 @@ personal data reaches a scrape.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,16 +96,50 @@ def _create(reg: CollectorRegistry) -> Families:
     )
 
 
+def fast_inc(child: Any) -> Callable[[float], None]:
+    """The cheapest correct way to increment a bound counter child.
+
+    A bound child's ``inc`` only checks that its labels are bound and the amount is not
+    negative before incrementing its value object; calling the value object directly saves a
+    third of the cost on the hot path. Falls back to ``inc`` if the internals differ.
+    """
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def fast_observe(child: Any) -> Callable[[float], None]:
+    """The cheapest correct way to observe into a bound histogram child (see fast_inc)."""
+    try:
+        add_sum = child._sum.inc
+        bucket_incs = [bucket.inc for bucket in child._buckets]
+        bounds = list(child._upper_bounds)
+    except AttributeError:  # pragma: no cover - other prometheus-client internals
+        return child.observe  # type: ignore[no-any-return]
+    if len(bucket_incs) != len(bounds) or bounds[-1] != float("inf"):  # pragma: no cover
+        return child.observe  # type: ignore[no-any-return]
+    find = bisect.bisect_left
+
+    def observe(amount: float) -> None:
+        add_sum(amount)
+        bucket_incs[find(bounds, amount)](1)
+
+    return observe
+
+
 class OperationMetrics:
     """Children for one (vendor, operation), bound once so calls never look labels up."""
 
-    __slots__ = ("calls", "duration", "fallbacks", "retries", "retries_blocked")
+    __slots__ = ("calls", "duration", "fallbacks", "inc_call", "observe", "retries",
+                 "retries_blocked")
 
     def __init__(self, fam: Families, vendor: str, operation: str) -> None:
         self.calls: dict[str, Any] = {
             o: fam.calls.labels(vendor, operation, o) for o in OUTCOMES}
         self.duration: dict[str, Any] = {
             o: fam.duration.labels(vendor, operation, o) for o in OUTCOMES if o != "rejected"}
+        self.inc_call = {o: fast_inc(c) for o, c in self.calls.items()}
+        self.observe = {o: fast_observe(h) for o, h in self.duration.items()}
         self.retries: dict[str, Any] = {
             r: fam.retries.labels(vendor, operation, r) for r in RETRY_REASONS}
         self.fallbacks: dict[str, Any] = {
