@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,6 +57,7 @@ __all__ = ["Guard", "TimeoutMode"]
 
 TimeoutMode = Literal["thread", "caller"]
 perf = time.perf_counter
+_log = logging.getLogger("vendorguard")
 
 
 class _Rejected(Exception):
@@ -202,7 +204,12 @@ class Guard:
         :data:`_CALLER_ERROR` (no retry, no breaker, no fallback)."""
         call.attempts += 1
         call.exc = exc
-        verdict = _verdict(self.classifier(exc), exc)
+        try:
+            verdict = _verdict(self.classifier(exc), exc)
+        except Exception as broken:  # a classifier bug must not replace the vendor's failure
+            _log.error("vendorguard: %s %s: classifier failed with %s; using the default",
+                       self.name, self.operation, type(broken).__name__)
+            verdict = _verdict(default_classifier(exc), exc)
         call.verdict = verdict
         circuit = self.circuit
         if verdict.kind is Kind.CALLER_ERROR:
