@@ -6,10 +6,11 @@ serialises every call through one breaker. Here the vendor call runs outside any
 1. *admit*: read the mirrored state (one attribute); closed admits at once. Open turns
    half-open here once its time is up; half-open admits a bounded number of trials.
 2. the guard makes the call;
-3. *record*: the outcome is replayed through ``pybreaker.CircuitBreaker.call`` with a function
-   that returns or raises it, so pybreaker's storage, counters and listeners do the counting
-   under its lock for a few microseconds. A success while closed with no failures pending is
-   not replayed at all.
+3. *record*: the outcome updates pybreaker's storage (its failure and success counters, the
+   state), and transitions go through ``CircuitBreaker.open/close/half_open``, so pybreaker's
+   storage stays the source of truth (shared state such as Redis keeps working) and its
+   listeners see every transition. Recording takes this circuit's lock for a microsecond; a
+   success while closed with no failures pending records nothing at all.
 
 Every admission carries the circuit's *generation*, bumped on each transition: the outcome of a
 call admitted in an earlier generation is dropped, so a late success cannot close a circuit
@@ -18,12 +19,22 @@ whose trial is still running.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import pybreaker
+if "redis" in sys.modules:
+    import pybreaker
+else:
+    # pybreaker imports redis (and with it, OpenTelemetry) eagerly whenever it is installed;
+    # the core must not pay for optional dependencies it does not use.
+    sys.modules["redis"] = None  # type: ignore[assignment]
+    try:
+        import pybreaker
+    finally:
+        del sys.modules["redis"]
 
 from .events import CircuitStateChanged, emit
 from .policy import Breaker
@@ -41,14 +52,6 @@ REJECT = -1
 
 class SlowCallError(Exception):
     """Stands in for a call slower than ``Breaker.slow_call`` when it is counted as a failure."""
-
-
-def _return(value: object = None) -> object:
-    return value
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
 
 
 class _Listener(pybreaker.CircuitBreakerListener):
@@ -90,6 +93,7 @@ class Circuit:
         self._ring_len = 0
         self._ring_failures = 0
         storage = policy.storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._storage = storage
         self._cb = pybreaker.CircuitBreaker(
             fail_max=policy.failures if policy.failures is not None else 2**62,
             reset_timeout=policy.reset_after,
@@ -196,37 +200,37 @@ class Circuit:
         with self._lock:
             if self.gen != gen:
                 return
-            if self.state == HALF_OPEN:
-                self._trials = max(0, self._trials - 1)
             self._pending = False
             self.dirty = self.track_successes
-            self._cb.call(_return)
+            storage = self._storage
+            storage.reset_counter()
+            if self.state == HALF_OPEN:
+                self._trials = max(0, self._trials - 1)
+                storage.increment_success_counter()
+                if storage.success_counter >= self.policy.half_open_calls:
+                    self._cb.close()  # listener -> _mirror(CLOSED)
 
     def failure(self, gen: int, exc: BaseException, retry_after: float | None) -> None:
         """Record a failed attempt admitted in generation ``gen`` (never a caller error)."""
         state = self.state
         if (state != CLOSED and state != HALF_OPEN) or not self.counting:
             return
-        tb, ctx, cause, suppress = (exc.__traceback__, exc.__context__, exc.__cause__,
-                                    exc.__suppress_context__)
+        policy = self.policy
         with self._lock:
             if self.gen != gen:
                 return
-            self._retry_after_hint = retry_after or 0.0
             self._pending = self.dirty = True
-            if self.state == HALF_OPEN:
-                self._trials = max(0, self._trials - 1)
-            try:
-                self._cb.call(_raise, exc)
-            except BaseException:
-                pass
-            finally:
-                exc.__traceback__, exc.__context__, exc.__cause__ = tb, ctx, cause
-                exc.__suppress_context__ = suppress
-            if (self.gen == gen and self.state == CLOSED and self.policy.failure_rate
-                    and self._push(True)):
-                self._cb.open()
-            self._retry_after_hint = 0.0
+            storage = self._storage
+            storage.increment_counter()
+            trip = self.state == HALF_OPEN
+            if not trip and policy.failure_rate is not None:
+                trip = self._push(True)
+            if not trip and policy.failures is not None:
+                trip = storage.counter >= policy.failures
+            if trip:
+                self._retry_after_hint = retry_after or 0.0
+                self._cb.open()  # listener -> _mirror(OPEN)
+                self._retry_after_hint = 0.0
 
     def _push(self, failed: bool) -> bool:
         """Add an outcome to the sliding window; True when the failure rate trips it."""

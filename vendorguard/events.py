@@ -134,10 +134,11 @@ def add_observer(observer: Observer) -> None:
 
 
 def remove_observer(observer: Observer) -> None:
-    """Unregister an observer; unknown observers are ignored."""
+    """Unregister an observer (compared by equality, so ``obj.method`` works); unknown
+    observers are ignored."""
     global observers
     with _lock:
-        observers = tuple(o for o in observers if o is not observer)
+        observers = tuple(o for o in observers if o != observer)
 
 
 def emit(event: Event) -> None:

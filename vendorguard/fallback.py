@@ -12,7 +12,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
+
+from .policy import _seconds
 
 __all__ = ["MISSING", "Failure", "FallbackStrategy", "LastGood", "NoFallback", "compile_fallback"]
 
@@ -122,14 +125,17 @@ class LastGood(FallbackStrategy):
 
     remembers = True
 
-    def __init__(self, ttl: float = 300.0, max_entries: int = 1024, otherwise: Any = MISSING,
-                 *, key: Callable[[tuple[Any, ...], dict[str, Any]], Hashable] | None = None,
+    def __init__(self, ttl: float | timedelta = 300.0, max_entries: int = 1024,
+                 otherwise: Any = MISSING, *,
+                 key: Callable[[tuple[Any, ...], dict[str, Any]], Hashable] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-            raise ValueError(f"LastGood.ttl must be > 0 seconds, got {ttl!r}")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"LastGood.max_entries must be an int >= 1, got {max_entries!r}")
-        self.ttl = float(ttl)
+        seconds = _seconds("LastGood", "ttl", ttl, allow_none=False)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int):
+            raise TypeError(f"LastGood.max_entries must be an int, got {max_entries!r}")
+        if max_entries < 1:
+            raise ValueError(f"LastGood.max_entries must be >= 1, got {max_entries!r}")
+        assert seconds is not None
+        self.ttl = seconds
         self.max_entries = max_entries
         self._otherwise = compile_fallback(otherwise)
         self._key = key or _default_key

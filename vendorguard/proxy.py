@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import wrapt
 
-from .pipeline import Guard
+from .pipeline import Guard, is_async_callable
 
 __all__ = ["VendorProxy", "build_operations"]
 
@@ -59,7 +58,7 @@ class VendorProxy(wrapt.BaseObjectProxy):  # type: ignore[type-arg]
         if found is not None and callable(attr):
             is_async = self._self_async.get(name)
             if is_async is None:
-                is_async = self._self_async[name] = _is_async(attr)
+                is_async = self._self_async[name] = is_async_callable(attr)
             return _bind(found, attr, is_async)
         prefix = path + "."
         if any(key.startswith(prefix) for key in self._self_guards):
@@ -93,11 +92,6 @@ class VendorProxy(wrapt.BaseObjectProxy):  # type: ignore[type-arg]
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError("a vendorguard proxy cannot be pickled: pickle the wrapped client and "
                         "wrap it again where it is loaded")
-
-
-def _is_async(attr: Any) -> bool:
-    return inspect.iscoroutinefunction(attr) or inspect.iscoroutinefunction(
-        getattr(attr, "__call__", None))  # noqa: B004 - callable objects with async __call__
 
 
 def _bind(compiled: Guard, method: Callable[..., Any], is_async: bool) -> Callable[..., Any]:

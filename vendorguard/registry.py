@@ -18,7 +18,7 @@ from .breaker import Circuit
 from .classify import Classifier
 from .events import ControlApplied, emit
 from .fallback import MISSING
-from .pipeline import Guard, TimeoutMode
+from .pipeline import Guard, TimeoutMode, is_async_callable
 from .policy import Breaker, Bulkhead, Retry, RetryBudget, Timeout
 from .retry import TokenBucket
 from .telemetry.metrics import CIRCUIT_STATES, circuit_children, families
@@ -31,7 +31,7 @@ __all__ = ["Vendor", "guard", "vendor", "vendors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-_NAME = re.compile(r"^[a-z0-9_.-]+$")
+_NAME = re.compile(r"[a-z0-9_.-]+")
 _log = logging.getLogger("vendorguard")
 _registry: dict[str, Vendor] = {}
 _registry_lock = threading.Lock()
@@ -62,7 +62,7 @@ class Vendor:
                  bulkhead: Bulkhead | None = None, critical: bool = False,
                  classifier: Classifier | None = None,
                  registry: CollectorRegistry | None = None) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"Vendor name must match [a-z0-9_.-]+, got {name!r}")
         _check("timeout", timeout, Timeout)
         _check("retry", retry, Retry)
@@ -70,6 +70,22 @@ class Vendor:
         _check("bulkhead", bulkhead, Bulkhead)
         if classifier is not None and not callable(classifier):
             raise TypeError(f"Vendor.classifier must be callable, got {classifier!r}")
+        with _registry_lock:
+            if name in _registry:
+                raise ValueError(f"a vendor named {name!r} is already registered; "
+                                 f"use vendorguard.vendor({name!r}) to get it")
+            _registry[name] = self  # claimed before any metric is bound to this vendor
+        try:
+            self._setup(name, timeout, retry, breaker, bulkhead, critical, classifier,
+                        registry)
+        except BaseException:
+            with _registry_lock:
+                del _registry[name]
+            raise
+
+    def _setup(self, name: str, timeout: Timeout | None, retry: Retry | None,
+               breaker: Breaker | None, bulkhead: Bulkhead | None, critical: bool,
+               classifier: Classifier | None, registry: CollectorRegistry | None) -> None:
         self.name = name
         self.timeout = timeout or Timeout()
         self.retry = retry
@@ -95,11 +111,7 @@ class Vendor:
         self._buckets: dict[RetryBudget, TokenBucket] = {}
         self._pool: WorkerPool | None = None
         self._guards: dict[str, Guard] = {}
-        with _registry_lock:
-            if name in _registry:
-                raise ValueError(f"a vendor named {name!r} is already registered; "
-                                 f"use vendorguard.vendor({name!r}) to get it")
-            _registry[name] = self
+        self._override: Callable[[Circuit], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Vendor {self.name!r}>"
@@ -131,6 +143,8 @@ class Vendor:
                                   on_transition=on_transition)
                 for s in CIRCUIT_STATES:
                     children[s].set(1 if s == circuit.state else 0)
+                if self._override is not None:
+                    self._override(circuit)  # a kill switch covers circuits made later too
                 self._circuits[key] = circuit
             return circuit
 
@@ -205,7 +219,7 @@ class Vendor:
         if compiled is None:
             compiled = self._guards.setdefault(
                 operation, self._guard(operation, MISSING, None, MISSING, None, False, "thread"))
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
             return compiled.run_async(fn, args, kwargs)  # type: ignore[return-value]
         return compiled.run_sync(fn, args, kwargs)  # type: ignore[no-any-return]
 
@@ -228,13 +242,17 @@ class Vendor:
 
     # -- runtime control ----------------------------------------------------------------------
 
-    def _control(self, action: str, reason: str | None,
-                 apply: Callable[[Circuit], None]) -> None:
+    def _control(self, action: str, reason: str | None, apply: Callable[[Circuit], None],
+                 override: bool) -> None:
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"reason must be a string, got {reason!r}")
-        if not self._circuits:
+        per_operation = self.breaker is not None and self.breaker.scope == "operation"
+        if not per_operation:
             self.circuit_for(self.name)
-        for circuit in self.circuits().values():
+        with self._lock:
+            self._override = apply if override else None
+            circuits = list(self._circuits.values())
+        for circuit in circuits:
             apply(circuit)
         event = ControlApplied(self.name, action, reason, time.time())
         self.audit.append(event)
@@ -243,19 +261,19 @@ class Vendor:
 
     def force_open(self, reason: str | None = None) -> None:
         """Kill switch: reject every call (served by fallbacks) until force_close/reset."""
-        self._control("force_open", reason, Circuit.force_open)
+        self._control("force_open", reason, Circuit.force_open, True)
 
     def force_close(self, reason: str | None = None) -> None:
         """Close the circuit now, releasing a force_open or disable."""
-        self._control("force_close", reason, Circuit.close)
+        self._control("force_close", reason, Circuit.close, False)
 
     def disable(self, reason: str | None = None) -> None:
         """Metrics only: observe every call but never reject one."""
-        self._control("disable", reason, Circuit.disable)
+        self._control("disable", reason, Circuit.disable, True)
 
     def reset(self, reason: str | None = None) -> None:
         """Back to a closed circuit with no failures counted."""
-        self._control("reset", reason, Circuit.close)
+        self._control("reset", reason, Circuit.close, False)
 
     def unregister(self) -> None:
         """Remove this vendor from the registry (its metrics stay registered)."""
@@ -286,7 +304,7 @@ def _decorate(compiled: Guard, fn: Any) -> Any:
             f"{compiled.name}.guard({compiled.operation!r}) cannot guard the generator "
             f"function {fn.__qualname__}: its body runs after the guard returns. Guard a "
             f"function that returns a list, or guard each vendor call inside it.")
-    if inspect.iscoroutinefunction(fn):
+    if is_async_callable(fn):
         run_async = compiled.run_async
 
         @functools.wraps(fn)

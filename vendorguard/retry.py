@@ -98,7 +98,7 @@ class TokenBucket:
         self.capacity = max(1.0, budget.floor)
         self.clock = clock
         self._lock = threading.Lock()
-        self._tokens = self.capacity if budget.floor >= 1 else 1.0
+        self._tokens = min(self.capacity, budget.floor)  # a new bucket starts with its floor
         self._last = clock()
         self.calls = 0
         self._seen = 0
@@ -120,7 +120,7 @@ class TokenBucket:
 class RetryPlan:
     """The compiled retry policy of one guard."""
 
-    __slots__ = ("attempts", "max_retry_after", "on", "stop", "wait")
+    __slots__ = ("attempts", "custom", "max_retry_after", "on", "stop", "wait")
 
     def __init__(self, policy: Retry) -> None:
         self.attempts = policy.attempts
@@ -137,6 +137,9 @@ class RetryPlan:
                 multiplier=backoff.initial, min=backoff.initial, max=backoff.maximum,
                 exp_base=backoff.multiplier)
         self.stop: Any = policy.stop
+        # The built-in backoff reads only the attempt number; a user's strategies may read the
+        # outcome too, which costs a Future per failed attempt, so only they get one.
+        self.custom = policy.wait is not None or policy.stop is not None
 
     def new_state(self, fn: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tenacity.RetryCallState:
@@ -149,12 +152,13 @@ class RetryPlan:
         if attempt >= self.attempts:
             return None
         state.attempt_number = attempt
-        state.outcome_timestamp = time.monotonic()
-        fut: Any = tenacity.Future(attempt)
-        fut.set_exception(exc)
-        state.outcome = fut
-        if self.stop is not None and self.stop(state):
-            return None
+        if self.custom:
+            state.outcome_timestamp = time.monotonic()
+            fut: Any = tenacity.Future(attempt)
+            fut.set_exception(exc)
+            state.outcome = fut
+            if self.stop is not None and self.stop(state):
+                return None
         wait = float(self.wait(state))
         if retry_after is not None:
             if retry_after > self.max_retry_after:
