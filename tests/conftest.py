@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -30,3 +32,29 @@ def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
     """The value of one sample (0.0 when the series does not exist)."""
     value = reg.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+class Gate:
+    """A fake vendor call that stays inside its guard until the test releases it."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, *args: object, **kwargs: object) -> str:
+        self.inside.set()
+        self.release.wait(timeout=10)
+        return "ok"
+
+
+@contextmanager
+def held(guarded: Callable[[], object], gate: Gate) -> Iterator[None]:
+    """Run ``guarded`` on a thread and keep it inside ``gate`` for the ``with`` block."""
+    thread = threading.Thread(target=guarded)
+    thread.start()
+    try:
+        assert gate.inside.wait(timeout=10)
+        yield
+    finally:
+        gate.release.set()
+        thread.join(timeout=10)

@@ -6,7 +6,6 @@ import ast
 import asyncio
 import subprocess
 import sys
-import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 import vendorguard
 import vendorguard as vg
+from tests.conftest import Gate, held
 
 CONTRACT = [
     "Vendor", "Timeout", "Retry", "Backoff", "RetryBudget", "Breaker", "Bulkhead", "Policy",
@@ -163,22 +163,10 @@ def test_raised_timeout_error_is_caught_as_timeout_error(metrics: CollectorRegis
 def test_raised_bulkhead_full_error_carries_names(metrics: CollectorRegistry) -> None:
     """A call refused by a full bulkhead raises BulkheadFullError naming the call."""
     v = vg.Vendor("acme", registry=metrics, bulkhead=vg.Bulkhead(max_concurrent=1))
-    inside, release = threading.Event(), threading.Event()
-
-    @v.guard("op")
-    def hold() -> None:
-        inside.set()
-        release.wait(timeout=10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert inside.wait(timeout=10)
-        with pytest.raises(vg.BulkheadFullError) as info:
-            hold()
-    finally:
-        release.set()
-        thread.join(timeout=10)
+    gate = Gate()
+    hold = v.guard("op")(gate)
+    with held(hold, gate), pytest.raises(vg.BulkheadFullError) as info:
+        hold()
     assert (info.value.vendor, info.value.operation) == ("acme", "op")
 
 

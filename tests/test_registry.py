@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import vendorguard as vg
-from tests.conftest import sample
+from tests.conftest import Gate, held, sample
 from vendorguard.events import ControlApplied
 
 STATES = ("closed", "open", "half_open", "forced_open", "disabled")
@@ -562,21 +561,9 @@ def test_transition_counter_on_control(metrics: CollectorRegistry) -> None:
 def test_calls_in_flight_counts_calls_inside(metrics: CollectorRegistry) -> None:
     """calls_in_flight reads the number of calls currently inside the guard."""
     v = vg.Vendor("acme", registry=metrics)
-    inside, release = threading.Event(), threading.Event()
-
-    @v.guard("op")
-    def hold() -> None:
-        inside.set()
-        release.wait(timeout=10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert inside.wait(timeout=10)
+    gate = Gate()
+    with held(v.guard("op")(gate), gate):
         assert sample(metrics, "vendorguard_calls_in_flight", vendor="acme") == 1
-    finally:
-        release.set()
-        thread.join(timeout=10)
     assert sample(metrics, "vendorguard_calls_in_flight", vendor="acme") == 0
 
 
@@ -645,18 +632,6 @@ def test_refused_duplicate_does_not_rebind_in_flight_gauge(metrics: CollectorReg
     v = vg.Vendor("acme", registry=metrics)
     with pytest.raises(ValueError, match="already registered"):
         vg.Vendor("acme", registry=metrics)
-    inside, release = threading.Event(), threading.Event()
-
-    @v.guard("op")
-    def hold() -> None:
-        inside.set()
-        release.wait(timeout=10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert inside.wait(timeout=10)
+    gate = Gate()
+    with held(v.guard("op")(gate), gate):
         assert sample(metrics, "vendorguard_calls_in_flight", vendor="acme") == 1
-    finally:
-        release.set()
-        thread.join(timeout=10)

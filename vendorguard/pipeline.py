@@ -183,6 +183,18 @@ class Guard:
             f"{self.name}: {self.slots.limit if self.slots else 0} calls already in flight",
             vendor=self.name, operation=self.operation))
 
+    def _rebound(self, call: Call, gen: int) -> float | None:
+        """The attempt's bound after waiting for a bulkhead slot, which used part of the
+        deadline; gives the slot and any trial slot back when no time is left."""
+        try:
+            return self._bound(call)
+        except BaseException:
+            if self.slots is not None:
+                self.slots.release()
+            if self.circuit is not None:
+                self.circuit.release(gen)
+            raise
+
     def _timed_out(self, exc: AttemptTimedOut) -> VendorTimeoutError:
         if exc.abandoned and events.observers:
             emit(CallAbandoned(self.name, self.operation))

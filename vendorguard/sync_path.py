@@ -163,12 +163,7 @@ def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
             raise
         if not acquired:
             raise g._bulkhead_full(call, gen)
-        try:
-            bound = g._bound(call)  # the wait used part of the deadline
-        except BaseException:
-            slots.release()
-            circuit.release(gen)
-            raise
+        bound = g._rebound(call, gen)
     began = perf()
     held = slots is not None
     try:
