@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 import vendorguard as vg
 from tests.conftest import sample
 from vendorguard.breaker import REJECT, Circuit
+from vendorguard.events import CircuitStateChanged
 
 
 class FakeClock:
@@ -561,3 +563,28 @@ class CircuitMachine(RuleBasedStateMachine):
 CircuitMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30,
                                             deadline=None)
 TestCircuitModel = CircuitMachine.TestCase
+
+
+def test_observers_run_outside_the_circuit_lock(metrics: CollectorRegistry) -> None:
+    """An observer reacting to a transition can use the vendor's controls without deadlock."""
+    vendor = vg.Vendor("v", breaker=vg.Breaker(failures=1), retry=None, registry=metrics)
+    done = threading.Event()
+
+    def observer(event: vg.Event) -> None:
+        if isinstance(event, CircuitStateChanged) and event.to_state == "open":
+            worker = threading.Thread(target=lambda: (vendor.reset("auto"), done.set()),
+                                      daemon=True)
+            worker.start()
+            worker.join(timeout=5)  # would hang here if the circuit lock were still held
+
+    def down() -> None:
+        raise ConnectionRefusedError
+
+    vg.add_observer(observer)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            vendor.guard("op")(down)()
+    finally:
+        vg.remove_observer(observer)
+    assert done.is_set()
+    assert vendor.circuits()["v"].state == "closed"

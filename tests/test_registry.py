@@ -635,3 +635,11 @@ def test_refused_duplicate_does_not_rebind_in_flight_gauge(metrics: CollectorReg
     gate = Gate()
     with held(v.guard("op")(gate), gate):
         assert sample(metrics, "vendorguard_calls_in_flight", vendor="acme") == 1
+
+
+def test_vendor_policy_bundles_its_policies(metrics: CollectorRegistry) -> None:
+    """Vendor.policy reports the policies the vendor was built with."""
+    timeout, bulkhead = vg.Timeout(attempt=1.0), vg.Bulkhead(max_concurrent=3)
+    v = vg.Vendor("acme", timeout=timeout, retry=None, bulkhead=bulkhead, registry=metrics)
+    assert v.policy == vg.Policy(timeout=timeout, retry=None, breaker=vg.Breaker(),
+                                 bulkhead=bulkhead)

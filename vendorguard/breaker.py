@@ -54,6 +54,25 @@ class SlowCallError(Exception):
     """Stands in for a call slower than ``Breaker.slow_call`` when it is counted as a failure."""
 
 
+class _TransitionLock:
+    """The circuit's lock. Transitions update metrics under it, but their events and logs are
+    announced after it is released, so a slow observer never holds up the breaker."""
+
+    __slots__ = ("_circuit", "_lock")
+
+    def __init__(self, circuit: Circuit) -> None:
+        self._circuit = circuit
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if self._circuit._announcements:
+            self._circuit._announce()
+
+
 class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, circuit: Circuit) -> None:
         self.circuit = circuit
@@ -67,7 +86,8 @@ class Circuit:
 
     def __init__(self, policy: Breaker | None, *, vendor: str, name: str,
                  clock: Callable[[], float] = time.monotonic,
-                 on_transition: Callable[[str, str], None] | None = None) -> None:
+                 on_transition: Callable[[str, str], None] | None = None,
+                 on_announce: Callable[[str, str], None] | None = None) -> None:
         # Without a policy the circuit only carries runtime control (force_open, disable).
         self.counting = policy is not None
         policy = policy or _CONTROL_ONLY
@@ -76,7 +96,9 @@ class Circuit:
         self.name = name
         self._clock = clock
         self._on_transition = on_transition
-        self._lock = threading.Lock()
+        self._on_announce = on_announce
+        self._announcements: list[tuple[str, str, float]] = []
+        self._lock = _TransitionLock(self)
         self.state = CLOSED
         self.gen = 0
         self._pending = False  # failures recorded since the last success replay
@@ -105,7 +127,8 @@ class Circuit:
         )
         initial = _FROM_PYBREAKER[self._cb.current_state]
         if initial != CLOSED:
-            self._mirror(initial)
+            with self._lock:
+                self._mirror(initial)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -131,7 +154,18 @@ class Circuit:
     def _transition(self, old: str, new: str) -> None:
         if self._on_transition is not None:
             self._on_transition(old, new)
-        emit(CircuitStateChanged(self.vendor, self.name, old, new, time.time()))
+        self._announcements.append((old, new, time.time()))
+
+    def _announce(self) -> None:
+        """Emit the transitions recorded under the lock, in order, outside it."""
+        while self._announcements:
+            try:
+                old, new, when = self._announcements.pop(0)
+            except IndexError:  # another thread announced it
+                return
+            if self._on_announce is not None:
+                self._on_announce(old, new)
+            emit(CircuitStateChanged(self.vendor, self.name, old, new, when))
 
     def _clear_window(self) -> None:
         self._ring_pos = self._ring_len = self._ring_failures = 0

@@ -19,7 +19,7 @@ from .classify import Classifier
 from .events import ControlApplied, emit
 from .fallback import MISSING
 from .pipeline import Guard, TimeoutMode, is_async_callable
-from .policy import Breaker, Bulkhead, Retry, RetryBudget, Timeout
+from .policy import Breaker, Bulkhead, Policy, Retry, RetryBudget, Timeout
 from .retry import TokenBucket
 from .telemetry.metrics import CIRCUIT_STATES, circuit_children, families
 from .timeouts import WorkerPool
@@ -135,12 +135,14 @@ class Vendor:
                     for s in CIRCUIT_STATES:
                         children[s].set(1 if s == new else 0)
                     transitions.labels(self.name, key, old, new).inc()
+
+                def on_announce(old: str, new: str) -> None:
                     level = logging.WARNING if new != "closed" else logging.INFO
                     _log.log(level, "vendorguard: %s circuit %s: %s -> %s",
                              self.name, key, old, new)
 
                 circuit = Circuit(self.breaker, vendor=self.name, name=key,
-                                  on_transition=on_transition)
+                                  on_transition=on_transition, on_announce=on_announce)
                 for s in CIRCUIT_STATES:
                     children[s].set(1 if s == circuit.state else 0)
                 if self._override is not None:
@@ -167,6 +169,12 @@ class Vendor:
                 self._pool = WorkerPool(self.name, size, on_abandon=self._abandoned.inc,
                                         on_abandoned_end=self._abandoned.dec)
             return self._pool
+
+    @property
+    def policy(self) -> Policy:
+        """The vendor's policies as one :class:`~vendorguard.Policy`."""
+        return Policy(timeout=self.timeout, retry=self.retry, breaker=self.breaker,
+                      bulkhead=self.bulkhead)
 
     @property
     def abandoned(self) -> int:
