@@ -29,6 +29,7 @@ from .policy import Backoff, Breaker, Bulkhead, Policy, Retry, RetryBudget, Time
 from .proxy import VendorProxy
 from .registry import Vendor, guard, vendor, vendors
 from .retry import parse_retry_after, testing_mode
+from .telemetry.health import health
 from .timeouts import deadline
 
 __version__ = "0.1.0.dev0"
@@ -60,6 +61,7 @@ __all__ = [
     "deadline",
     "default_classifier",
     "guard",
+    "health",
     "parse_retry_after",
     "remove_observer",
     "testing_mode",

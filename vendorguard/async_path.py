@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from . import events
 from .callstate import CALLER_ERROR, Call, Rejected, Stop, fallback_error
 from .errors import VendorTimeoutError
-from .events import CallStarted, emit
 from .fallback import NoFallback
 from .timeouts import AttemptTimedOut, _deadline, run_async
 
@@ -29,10 +28,10 @@ async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...]
     start = perf()
     g.inflight.append(None)
     call = g._start()
-    if events.observers:
-        emit(CallStarted(g.name, g.operation))
     token = _deadline.set(call.deadline) if g.timeout.total is not None else None
     try:
+        if events.watching:
+            g._begin(call)
         error: Exception
         outcome: str
         while True:
@@ -40,6 +39,8 @@ async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...]
                 result, gen, duration, exc = await _attempt(g, fn, args, kwargs, call)
             except Rejected as rejected:
                 error, outcome = rejected.error, "rejected"
+                if call.span is not None:
+                    call.span.rejected(error)
                 break
             except Stop:
                 assert call.exc is not None
@@ -50,11 +51,11 @@ async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...]
                 break
             if exc is None:
                 g._succeeded(gen, duration, args, kwargs, result)
-                g._end(start, "success", call.attempts + 1, None)
+                g._end(call, start, "success", call.attempts + 1, None)
                 return result
             delay = g._failed(call, exc, gen)
             if delay == CALLER_ERROR:
-                g._end(start, "caller_error", call.attempts, exc)
+                g._end(call, start, "caller_error", call.attempts, exc)
                 raise exc
             if delay is None:
                 error, outcome = exc, g._outcome(call)
@@ -62,7 +63,14 @@ async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...]
             if delay > 0:
                 await asyncio.sleep(delay)
         return await _finish(g, call, start, error, outcome, args, kwargs)
+    except BaseException as escaped:  # cancellation or our own raise: end the span
+        if call.span is not None:
+            call.span.close(None if isinstance(escaped, Exception) else escaped)
+            call.span = None
+        raise
     finally:
+        if call.span is not None:
+            call.span.close()
         if token is not None:
             _deadline.reset(token)
         g.inflight.pop()
@@ -88,23 +96,30 @@ async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
         if not acquired:
             raise g._bulkhead_full(call, gen)
         bound = g._rebound(call, gen)
+    span = call.span.attempt_start(call.attempts + 1) if call.span and call.attempts else None
     began = perf()
+    failed: Exception | None = None
+    result: Any = None
     try:
         if bound is None:
             result = await fn(*args, **kwargs)
         else:
             result = await run_async(fn, args, kwargs, bound)
-        return result, gen, perf() - began, None
     except AttemptTimedOut as timed_out:
-        return None, gen, perf() - began, g._timed_out(timed_out)
+        failed = g._timed_out(timed_out)
     except Exception as exc:
-        return None, gen, perf() - began, exc
+        failed = exc
     except BaseException:
         circuit.release(gen)
+        if span is not None:
+            call.span.attempt_end(span, None)
         raise
     finally:
         if slots is not None:
             slots.release()
+    if span is not None:
+        call.span.attempt_end(span, failed)
+    return result, gen, perf() - began, failed
 
 
 async def _finish(g: Guard, call: Call, start: float, error: Exception, outcome: str,
@@ -122,7 +137,7 @@ async def _finish(g: Guard, call: Call, start: float, error: Exception, outcome:
     except NoFallback:
         pass
     finally:
-        g._end(start, outcome, call.attempts, error, served)
+        g._end(call, start, outcome, call.attempts, error, served)
     if served:
         return value
     raise error

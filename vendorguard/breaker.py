@@ -19,6 +19,7 @@ whose trial is still running.
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -98,6 +99,8 @@ class Circuit:
         self._on_transition = on_transition
         self._on_announce = on_announce
         self._announcements: list[tuple[str, str, float]] = []
+        self.history: collections.deque[tuple[str, str, float]] = collections.deque(maxlen=10)
+        """The last transitions as (from, to, unix time), newest last."""
         self._lock = _TransitionLock(self)
         self.state = CLOSED
         self.gen = 0
@@ -154,7 +157,9 @@ class Circuit:
     def _transition(self, old: str, new: str) -> None:
         if self._on_transition is not None:
             self._on_transition(old, new)
-        self._announcements.append((old, new, time.time()))
+        entry = (old, new, time.time())
+        self.history.append(entry)
+        self._announcements.append(entry)
 
     def _announce(self) -> None:
         """Emit the transitions recorded under the lock, in order, outside it."""

@@ -24,7 +24,7 @@ class Rejected(Exception):
 class Call:
     """Per-call state, created only once a call needs more than its first attempt."""
 
-    __slots__ = ("attempts", "deadline", "exc", "retry_state", "verdict")
+    __slots__ = ("attempts", "deadline", "exc", "retry_state", "span", "verdict")
 
     def __init__(self, deadline: float | None) -> None:
         self.attempts = 0
@@ -32,6 +32,7 @@ class Call:
         self.exc: Exception | None = None
         self.verdict: Verdict | None = None
         self.retry_state: Any = None
+        self.span: Any = None  # the call's CallSpan while tracing is on
 
 
 class Stop(Exception):

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 __all__ = [
     "CallAbandoned",
@@ -118,27 +118,41 @@ Event = Union[CallStarted, CallEnded, RetryScheduled, RetryBlocked, FallbackServ
               CircuitStateChanged, ControlApplied, CallAbandoned]
 Observer = Callable[[Event], None]
 
-# Read on the hot path as a plain module global: an empty tuple means nobody listens.
+# Read on the hot path as plain module globals: ``watching`` is false while nobody listens
+# and no tracer is set, and then the guards' fast paths build no events and no spans.
 observers: tuple[Observer, ...] = ()
+tracer: Any = None
+"""The span tracer (:class:`vendorguard.telemetry.tracing.SpanTracer`), or None."""
+watching = False
 _lock = threading.Lock()
+
+
+def set_tracer(new: Any) -> None:
+    """Install the span tracer guards use (``None`` for no spans)."""
+    global tracer, watching
+    with _lock:
+        tracer = new
+        watching = bool(observers) or tracer is not None
 
 
 def add_observer(observer: Observer) -> None:
     """Register a callable that receives every :data:`Event`."""
-    global observers
+    global observers, watching
     if not callable(observer):
         raise TypeError(f"observer must be callable, got {observer!r}")
     with _lock:
         if observer not in observers:
             observers = (*observers, observer)
+        watching = True
 
 
 def remove_observer(observer: Observer) -> None:
     """Unregister an observer (compared by equality, so ``obj.method`` works); unknown
     observers are ignored."""
-    global observers
+    global observers, watching
     with _lock:
         observers = tuple(o for o in observers if o != observer)
+        watching = bool(observers) or tracer is not None
 
 
 def emit(event: Event) -> None:

@@ -32,6 +32,7 @@ from .errors import BulkheadFullError, CircuitOpenError, VendorTimeoutError
 from .events import (
     CallAbandoned,
     CallEnded,
+    CallStarted,
     FallbackServed,
     RetryBlocked,
     RetryScheduled,
@@ -41,6 +42,8 @@ from .fallback import Failure, FallbackStrategy, NoFallback, compile_fallback
 from .policy import Retry, Timeout
 from .retry import RetryPlan, TokenBucket, is_testing
 from .sync_path import compile_sync
+from .telemetry import tracing
+from .telemetry.logs import FallbackLog
 from .telemetry.metrics import OperationMetrics
 from .timeouts import AttemptTimedOut, WorkerPool, _deadline, monotonic
 
@@ -99,6 +102,12 @@ class Guard:
         self.idempotent = bool(idempotent)
         self.timeout_mode = timeout_mode
         self.metrics = OperationMetrics(vendor.families, vendor.name, operation)
+        vendor.operations.setdefault(operation, self.metrics)
+        self.span_name = f"{vendor.name} {operation}"
+        self.span_attributes = {"vendorguard.vendor": vendor.name,
+                                "vendorguard.operation": operation}
+        self.fallback_log = FallbackLog(vendor.name, operation)
+        tracing.refresh()
         self.circuit: Circuit | None = vendor.circuit_for(operation)
         self.slots = vendor.slots
         self.max_wait = vendor.bulkhead.max_wait if vendor.bulkhead else 0.0
@@ -242,6 +251,8 @@ class Guard:
         reason = ("rate_limited" if verdict.retry_after is not None else
                   "timeout" if verdict.timeout else verdict.kind.value)
         self.metrics.retries[reason].inc()
+        if call.span is not None:
+            call.span.retry(call.attempts, exc, delay, reason)
         if events.observers:
             emit(RetryScheduled(self.name, self.operation, call.attempts, reason, delay,
                                 type(exc).__name__))
@@ -254,20 +265,37 @@ class Guard:
         if self._remember and self.fallback is not None:
             self.fallback.remember(args, kwargs, result)
 
-    def _end(self, start: float, outcome: str, attempts: int, error: BaseException | None,
-             fallback: bool = False) -> None:
+    def _end(self, call: Call, start: float, outcome: str, attempts: int,
+             error: BaseException | None, fallback: bool = False) -> None:
+        """Account for a finished call: metrics, health, logs, its span and events."""
         m = self.metrics
         m.inc_call[outcome](1)
         if outcome != "rejected":
             m.observe[outcome](perf() - start)
+        if error is not None and outcome != "caller_error":
+            self.vendor.last_failure = (time.time(), type(error).__name__, outcome)
         if fallback:
             m.fallbacks[outcome].inc()
+            self.fallback_log.hit(outcome)
+        if call.span is not None:
+            call.span.finish(outcome, attempts, error, fallback)
         if events.observers:
             if fallback:
                 emit(FallbackServed(self.name, self.operation, outcome))
             emit(CallEnded(self.name, self.operation, outcome, attempts, perf() - start,
                            None if error is None else type(error).__name__,
                            outcome if fallback else None))
+
+    def _begin(self, call: Call) -> None:
+        """Start the call's span and tell observers (only when someone is watching)."""
+        tracer = events.tracer
+        if tracer is None:
+            tracing.refresh()
+            tracer = events.tracer
+        if tracer is not None:
+            call.span = tracer.start(self)
+        if events.observers:
+            emit(CallStarted(self.name, self.operation))
 
     def _outcome(self, call: Call) -> str:
         verdict = call.verdict

@@ -21,7 +21,8 @@ from .fallback import MISSING
 from .pipeline import Guard, TimeoutMode, is_async_callable
 from .policy import Breaker, Bulkhead, Policy, Retry, RetryBudget, Timeout
 from .retry import TokenBucket
-from .telemetry.metrics import CIRCUIT_STATES, circuit_children, families
+from .telemetry.metrics import CIRCUIT_STATES, OperationMetrics, circuit_children, families
+from .telemetry.window import HealthWindow
 from .timeouts import WorkerPool
 
 if TYPE_CHECKING:
@@ -111,6 +112,12 @@ class Vendor:
         self._buckets: dict[RetryBudget, TokenBucket] = {}
         self._pool: WorkerPool | None = None
         self._guards: dict[str, Guard] = {}
+        self.operations: dict[str, OperationMetrics] = {}
+        """The metric children of every operation guarded so far (read by health())."""
+        self.last_failure: tuple[float, str, str] | None = None
+        """(unix time, exception type name, outcome) of the latest failed call."""
+        self.reported: tuple[str, str | None] | None = None
+        self.window = HealthWindow()
         self._override: Callable[[Circuit], None] | None = None
 
     def __repr__(self) -> str:
@@ -154,6 +161,14 @@ class Vendor:
         """The circuits created so far, by circuit name."""
         with self._lock:
             return dict(self._circuits)
+
+    def report(self, status: str | None, detail: str | None = None) -> None:
+        """Let an integration say how the vendor is doing beyond what the breaker sees (for
+        example stale feature flags): ``"ok"``, ``"degraded"`` or ``"down"``; ``None`` clears
+        it. ``detail`` must come from code, never from data (it is served by /vendors)."""
+        if status is not None and status not in ("ok", "degraded", "down"):
+            raise ValueError(f"status must be 'ok', 'degraded', 'down' or None, got {status!r}")
+        self.reported = None if status is None else (status, detail)
 
     def bucket_for(self, budget: RetryBudget) -> TokenBucket:
         with self._lock:

@@ -10,7 +10,6 @@ from . import events
 from .breaker import CLOSED
 from .callstate import CALLER_ERROR, Call, Rejected, Stop
 from .errors import CircuitOpenError, VendorTimeoutError
-from .events import CallStarted, emit
 from .fallback import NoFallback, _Value
 from .telemetry.metrics import fast_inc
 from .timeouts import AttemptTimedOut, _deadline, run_in_caller_mode
@@ -49,7 +48,7 @@ def compile_sync(g: Guard) -> Run:
     ev = events
 
     def run_sync(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if ev.observers or get_deadline() is not None:
+        if ev.watching or get_deadline() is not None:
             pass
         elif circuit.state is CLOSED and inline:
             gen = circuit.gen
@@ -102,8 +101,8 @@ def compile_sync(g: Guard) -> Run:
 def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
           start: float, call: Call, first: tuple[Exception, int, float] | None) -> Any:
     """Attempts until success, a caller error, or no further attempt; then fallback/raise."""
-    if events.observers:
-        emit(CallStarted(g.name, g.operation))
+    if events.watching:
+        g._begin(call)
     token = _deadline.set(call.deadline) if g.timeout.total is not None else None
     try:
         error: Exception
@@ -117,6 +116,8 @@ def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
                     result, gen, duration, failed = _attempt(g, fn, args, kwargs, call)
                 except Rejected as rejected:
                     error, outcome = rejected.error, "rejected"
+                    if call.span is not None:
+                        call.span.rejected(error)
                     break
                 except Stop:
                     assert call.exc is not None
@@ -127,12 +128,12 @@ def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
                     break
                 if failed is None:
                     g._succeeded(gen, duration, args, kwargs, result)
-                    g._end(start, "success", call.attempts + 1, None)
+                    g._end(call, start, "success", call.attempts + 1, None)
                     return result
                 exc = failed
             delay = g._failed(call, exc, gen)
             if delay == CALLER_ERROR:
-                g._end(start, "caller_error", call.attempts, exc)
+                g._end(call, start, "caller_error", call.attempts, exc)
                 raise exc
             if delay is None:
                 error, outcome = exc, g._outcome(call)
@@ -140,7 +141,14 @@ def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
             if delay > 0:
                 time.sleep(delay)
         return _finish(g, call, start, error, outcome, args, kwargs)
+    except BaseException as escaped:  # a caller's interrupt or our own raise: end the span
+        if call.span is not None:
+            call.span.close(None if isinstance(escaped, Exception) else escaped)
+            call.span = None
+        raise
     finally:
+        if call.span is not None:
+            call.span.close()
         if token is not None:
             _deadline.reset(token)
 
@@ -164,8 +172,11 @@ def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
         if not acquired:
             raise g._bulkhead_full(call, gen)
         bound = g._rebound(call, gen)
+    span = call.span.attempt_start(call.attempts + 1) if call.span and call.attempts else None
     began = perf()
     held = slots is not None
+    failed: Exception | None = None
+    result: Any = None
     try:
         if bound is None:
             result = fn(*args, **kwargs)
@@ -175,18 +186,22 @@ def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
             # An abandoned call keeps its bulkhead slot until it really ends.
             result = g.worker_pool().run(fn, args, kwargs, bound,
                                          slots.release if slots else _nothing)
-        return result, gen, perf() - began, None
     except AttemptTimedOut as timed_out:
         held = held and not timed_out.abandoned
-        return None, gen, perf() - began, g._timed_out(timed_out)
+        failed = g._timed_out(timed_out)
     except Exception as exc:
-        return None, gen, perf() - began, exc
+        failed = exc
     except BaseException:
         circuit.release(gen)
+        if span is not None:
+            call.span.attempt_end(span, None)
         raise
     finally:
         if held and slots is not None:
             slots.release()
+    if span is not None:
+        call.span.attempt_end(span, failed)
+    return result, gen, perf() - began, failed
 
 
 def _finish(g: Guard, call: Call, start: float, error: Exception, outcome: str,
@@ -200,7 +215,7 @@ def _finish(g: Guard, call: Call, start: float, error: Exception, outcome: str,
     except NoFallback:
         pass
     finally:
-        g._end(start, outcome, call.attempts, error, served)
+        g._end(call, start, outcome, call.attempts, error, served)
     if served:
         return value
     raise error
