@@ -154,8 +154,10 @@ BASE_NAMES = {
     "sync": "bare call f(1)",
     "async": "bare await af(1)",
     "attempts": "bare attempts: flaky(1) twice, each in try/except",
+    "span": "SDK span alone: start (2 attrs) + make current + 3 result attrs + end",
 }
-BASE_LABELS = {"sync": "bare f(1)", "async": "bare await af(1)", "attempts": "bare attempts"}
+BASE_LABELS = {"sync": "bare f(1)", "async": "bare await af(1)", "attempts": "bare attempts",
+               "span": "SDK span alone"}
 
 
 def case(group, name, stmt, *, kind="sync", base=None, target=None, before=None, after=None,
@@ -516,6 +518,67 @@ def run_cases(cases, loop, rounds, target_s, seed):
         if r % 10 == 9:
             print(f"  ... round {r + 1}/{rounds}", file=sys.stderr, flush=True)
 
+
+# --------------------------------------------------------------------------------------------
+# 8. tracing: no SDK configured (the fast path), and an SDK span per call
+# --------------------------------------------------------------------------------------------
+from opentelemetry import context as otel_context  # noqa: E402
+from opentelemetry import trace as otel_trace  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+from vendorguard.telemetry import tracing as vg_tracing  # noqa: E402
+
+SPAN_EXPORTER = InMemorySpanExporter()
+SPAN_PROVIDER = TracerProvider()
+SPAN_PROVIDER.add_span_processor(BatchSpanProcessor(SPAN_EXPORTER))
+_ref_tracer = SPAN_PROVIDER.get_tracer("bench")
+_SPAN_ATTRS = {"vendorguard.vendor": "bench-traced", "vendorguard.operation": "op"}
+_RESULT_ATTRS = {"vendorguard.outcome": "success", "vendorguard.attempts": 1,
+                 "vendorguard.fallback": False}
+
+
+def span_ref(x):
+    """What an instrumentation pays, with the SDK, for one current span per call recording
+    what vendorguard records: two attributes known at the start, three results at the end."""
+    span = _ref_tracer.start_span("bench-traced op", kind=otel_trace.SpanKind.CLIENT,
+                                  attributes=_SPAN_ATTRS)
+    token = otel_context.attach(otel_trace.set_span_in_context(span))
+    try:
+        return f(x)
+    finally:
+        otel_context.detach(token)
+        span.set_attributes(_RESULT_ATTRS)
+        span.end()
+
+
+def _tracing_on():
+    vg_tracing.enable(SPAN_PROVIDER)
+
+
+def _tracing_off():
+    vg_tracing.disable()
+    SPAN_PROVIDER.force_flush()
+    SPAN_EXPORTER.clear()
+
+
+def _tracing_follow():
+    vg_tracing.follow()  # opentelemetry-api is imported, no global SDK provider is set
+    assert vg.events.tracer is None
+
+
+V_TRACED = _vendor("bench-traced")
+vg_traced = V_TRACED.guard("op", fallback=FALLBACK)(f)
+T_SPAN = ("sync success with an SDK span, over the SDK span alone", 3.5)
+case("tracing", BASE_NAMES["span"], "g(1)", base="span", before=_tracing_off, g=span_ref)
+case("tracing", "sync success, opentelemetry-api imported, no SDK configured", "g(1)",
+     before=_tracing_follow, after=_tracing_off, g=vg_traced)
+case("tracing", "sync success with an SDK span (BatchSpanProcessor)",
+     "g(1)", base="span", target=T_SPAN, before=_tracing_on, after=_tracing_off, g=vg_traced)
+_tracing_off()
 
 # --------------------------------------------------------------------------------------------
 # 7. threads: 1 vs 8 threads on a 1 ms sleeping call through one guard

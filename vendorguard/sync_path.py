@@ -12,6 +12,7 @@ from .callstate import CALLER_ERROR, Call, Rejected, Stop
 from .errors import CircuitOpenError, VendorTimeoutError
 from .fallback import NoFallback, _Value
 from .telemetry.metrics import fast_inc
+from .telemetry.tracing import FIRST_TRY_SUCCESS, CallSpan
 from .timeouts import AttemptTimedOut, _deadline, run_in_caller_mode
 
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ def compile_sync(g: Guard) -> Run:
     """Build a guard's ``run_sync``: a closure with everything pre-bound.
 
     While the circuit is closed and no bulkhead or timeout applies, the first attempt runs
-    inline: no admission call, no per-call state, no label lookup, no lock. An open circuit
-    answered by a fallback value raises nothing.
+    inline: no admission call, no per-call state, no label lookup, no lock (and, when tracing
+    is on, one span). An open circuit answered by a fallback value raises nothing.
     """
     circuit = g.circuit
     assert circuit is not None
@@ -45,12 +46,19 @@ def compile_sync(g: Guard) -> Run:
     bucket = g.bucket
     inline = not g.timeout.bounded and g.slots is None
     get_deadline = _deadline.get
+    fallback_log = g.fallback_log.hit
+    span_name, span_attributes = g.span_name, g.span_attributes
     ev = events
 
     def run_sync(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if ev.watching or get_deadline() is not None:
+        if ev.observers or get_deadline() is not None:
             pass
         elif circuit.state is CLOSED and inline:
+            tracer = ev.tracer
+            if tracer is not None:  # the span's OTel calls inline; a CallSpan only on failure
+                span = tracer.tracer.start_span(span_name, kind=tracer.client,
+                                                attributes=span_attributes)
+                token = tracer.attach(tracer.in_context(span))
             gen = circuit.gen
             if bucket is not None:
                 bucket.calls += 1
@@ -60,8 +68,10 @@ def compile_sync(g: Guard) -> Run:
                 result = fn(*args, **kwargs)
             except Exception as exc:
                 first: Exception = exc
-            except BaseException:
+            except BaseException as escaped:
                 pop()
+                if tracer is not None:
+                    CallSpan(tracer, g, span, token).close(escaped)
                 raise
             else:
                 pop()
@@ -72,16 +82,23 @@ def compile_sync(g: Guard) -> Run:
                     remember(args, kwargs, result)
                 ok_inc(1)
                 ok_observe(duration)
+                if tracer is not None:
+                    tracer.detach(token)
+                    span.set_attributes(FIRST_TRY_SUCCESS)
+                    span.end()
                 return result
+            call = g._start(False)
+            if tracer is not None:
+                call.span = CallSpan(tracer, g, span, token)
             try:
-                return _loop(g, fn, args, kwargs, start, g._start(False),
-                             (first, gen, perf() - start))
+                return _loop(g, fn, args, kwargs, start, call, (first, gen, perf() - start))
             finally:
                 pop()
-        elif circuit.rejecting():
+        elif ev.tracer is None and circuit.rejecting():
             if reject_value:
                 rejected_inc(1)
                 fallback_rejected_inc(1)
+                fallback_log("rejected")
                 return value
             if reject_raise:
                 rejected_inc(1)
@@ -101,10 +118,10 @@ def compile_sync(g: Guard) -> Run:
 def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
           start: float, call: Call, first: tuple[Exception, int, float] | None) -> Any:
     """Attempts until success, a caller error, or no further attempt; then fallback/raise."""
-    if events.watching:
-        g._begin(call)
     token = _deadline.set(call.deadline) if g.timeout.total is not None else None
     try:
+        if events.watching and call.span is None:
+            g._begin(call)
         error: Exception
         outcome: str
         while True:

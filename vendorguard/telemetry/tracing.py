@@ -25,8 +25,11 @@ from .. import events
 if TYPE_CHECKING:
     from ..pipeline import Guard
 
-__all__ = ["CallSpan", "SpanTracer", "disable", "enable", "refresh"]
+__all__ = ["FIRST_TRY_SUCCESS", "CallSpan", "SpanTracer", "disable", "enable", "follow",
+           "refresh"]
 
+FIRST_TRY_SUCCESS = {"vendorguard.outcome": "success", "vendorguard.attempts": 1,
+                      "vendorguard.fallback": False}
 _explicit = False
 _checked = -1e9
 _provider: Any = None
@@ -103,11 +106,10 @@ class SpanTracer:
 class CallSpan:
     """The span of one logical call, and its attempts' child spans."""
 
-    __slots__ = ("_recorded", "_started", "_token", "guard", "span", "tracer")
+    __slots__ = ("_recorded", "_token", "guard", "span", "tracer")
 
     def __init__(self, tracer: SpanTracer, guard: Guard, span: Any, token: Any) -> None:
         self.tracer, self.guard, self.span, self._token = tracer, guard, span, token
-        self._started = time.time_ns()
         self._recorded: BaseException | None = None
 
     def _child(self, attempt: int, start_time: int | None = None) -> Any:
@@ -137,7 +139,7 @@ class CallSpan:
     def retry(self, attempt: int, exc: BaseException, delay: float, reason: str) -> None:
         """A retry was scheduled after ``attempt`` failed with ``exc``."""
         if attempt == 1:  # the first attempt ran before anyone knew it would be retried
-            child = self._child(1, self._started)
+            child = self._child(1, getattr(self.span, "start_time", None))
             self._fail(child, exc)
             child.end()
         self.span.add_event("vendorguard.retry", {
