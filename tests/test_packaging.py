@@ -28,7 +28,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     "vendorguard/py.typed",
     "vendorguard/telemetry/metrics.py",
     "vendorguard/integrations/__init__.py",
-], ids=["package", "py.typed", "telemetry", "integrations"])
+    "vendorguard/monitoring/dashboards/vendorguard.json",
+    "vendorguard/monitoring/alerts/vendorguard.rules.yml",
+], ids=["package", "py.typed", "telemetry", "integrations", "dashboard", "alert-rules"])
 def test_wheel_contains(wheel: zipfile.ZipFile, member: str) -> None:
     """The wheel holds the package, its type marker, and integrations/ as a subpackage."""
     assert member in wheel.namelist()
