@@ -144,9 +144,8 @@ class Vendor:
                     transitions.labels(self.name, key, old, new).inc()
 
                 def on_announce(old: str, new: str) -> None:
-                    level = logging.WARNING if new != "closed" else logging.INFO
-                    _log.log(level, "vendorguard: %s circuit %s: %s -> %s",
-                             self.name, key, old, new)
+                    _log.warning("vendorguard: %s circuit %s: %s -> %s",
+                                 self.name, key, old, new)
 
                 circuit = Circuit(self.breaker, vendor=self.name, name=key,
                                   on_transition=on_transition, on_announce=on_announce)
