@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import events
 from .callstate import CALLER_ERROR, Call, Rejected, Stop, fallback_error
 from .errors import VendorTimeoutError
 from .fallback import NoFallback
@@ -30,8 +29,7 @@ async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...]
     call = g._start()
     token = _deadline.set(call.deadline) if g.timeout.total is not None else None
     try:
-        if events.watching:
-            g._begin(call)
+        g._begin(call)
         error: Exception
         outcome: str
         while True:

@@ -64,6 +64,7 @@ def is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
+_REASONS = {kind: kind.value for kind in Kind}
 _VERDICTS = {(kind, timeout): Verdict(kind, None, timeout)
              for kind in Kind for timeout in (False, True)}
 
@@ -249,8 +250,8 @@ class Guard:
                 emit(RetryBlocked(self.name, self.operation))
             return None
         reason = ("rate_limited" if verdict.retry_after is not None else
-                  "timeout" if verdict.timeout else verdict.kind.value)
-        self.metrics.retries[reason].inc()
+                  "timeout" if verdict.timeout else _REASONS[verdict.kind])
+        self.metrics.inc_retry[reason](1)
         if call.span is not None:
             call.span.retry(call.attempts, exc, delay, reason)
         if events.observers:
@@ -272,10 +273,10 @@ class Guard:
         m.inc_call[outcome](1)
         if outcome != "rejected":
             m.observe[outcome](perf() - start)
-        if error is not None and outcome != "caller_error":
+        if outcome == "error" or outcome == "timeout":  # a rejection is ours, not the vendor's
             self.vendor.last_failure = (time.time(), type(error).__name__, outcome)
         if fallback:
-            m.fallbacks[outcome].inc()
+            m.inc_fallback[outcome](1)
             self.fallback_log.hit(outcome)
         if call.span is not None:
             call.span.finish(outcome, attempts, error, fallback)

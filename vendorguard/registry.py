@@ -119,6 +119,8 @@ class Vendor:
         self.reported: tuple[str, str | None] | None = None
         self.window = HealthWindow()
         self._override: Callable[[Circuit], None] | None = None
+        if breaker is None or breaker.scope == "vendor":
+            self.circuit_for(name)  # its state is reported (and graphed) from the start
 
     def __repr__(self) -> str:
         return f"<Vendor {self.name!r}>"

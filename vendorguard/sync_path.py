@@ -120,7 +120,7 @@ def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     """Attempts until success, a caller error, or no further attempt; then fallback/raise."""
     token = _deadline.set(call.deadline) if g.timeout.total is not None else None
     try:
-        if events.watching and call.span is None:
+        if call.span is None:
             g._begin(call)
         error: Exception
         outcome: str

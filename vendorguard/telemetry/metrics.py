@@ -130,8 +130,8 @@ def fast_observe(child: Any) -> Callable[[float], None]:
 class OperationMetrics:
     """Children for one (vendor, operation), bound once so calls never look labels up."""
 
-    __slots__ = ("calls", "duration", "fallbacks", "inc_call", "observe", "retries",
-                 "retries_blocked")
+    __slots__ = ("calls", "duration", "fallbacks", "inc_call", "inc_fallback", "inc_retry",
+                 "observe", "retries", "retries_blocked")
 
     def __init__(self, fam: Families, vendor: str, operation: str) -> None:
         self.calls: dict[str, Any] = {
@@ -145,6 +145,8 @@ class OperationMetrics:
         self.fallbacks: dict[str, Any] = {
             r: fam.fallbacks.labels(vendor, operation, r) for r in FALLBACK_REASONS}
         self.retries_blocked: Any = fam.retries_blocked.labels(vendor)
+        self.inc_retry = {r: fast_inc(c) for r, c in self.retries.items()}
+        self.inc_fallback = {r: fast_inc(c) for r, c in self.fallbacks.items()}
 
 
 def circuit_children(fam: Families, vendor: str, circuit: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from . import tracing
+
 __all__ = ["make_asgi_app", "make_wsgi_app", "start_http_server"]
 
 Headers = list[tuple[str, str]]
@@ -81,6 +83,7 @@ def _respond(method: str, path: str, accept: str, registry: CollectorRegistry | 
 
 def _get(path: str, accept: str, registry: CollectorRegistry | None) -> Response:
     if path == "/metrics":
+        tracing.refresh()  # scrapes are regular: they pick up a tracer provider set late
         encoder, content_type = choose_encoder(accept)
         return 200, [("Content-Type", content_type), *_COMMON], encoder(_metrics(registry))
     if path == "/":
