@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Vendor", "guard", "vendor", "vendors"]
 
 P = ParamSpec("P")
+HealthCheck = Callable[[], "tuple[str, str | None, dict[str, Any]] | None"]
 R = TypeVar("R")
 _NAME = re.compile(r"[a-z0-9_.-]+")
 _log = logging.getLogger("vendorguard")
@@ -117,6 +118,7 @@ class Vendor:
         self.last_failure: tuple[float, str, str] | None = None
         """(unix time, exception type name, outcome) of the latest failed call."""
         self.reported: tuple[str, str | None] | None = None
+        self.health_checks: list[HealthCheck] = []
         self.window = HealthWindow()
         self._override: Callable[[Circuit], None] | None = None
         if breaker is None or breaker.scope == "vendor":
@@ -170,6 +172,16 @@ class Vendor:
         if status is not None and status not in ("ok", "degraded", "down"):
             raise ValueError(f"status must be 'ok', 'degraded', 'down' or None, got {status!r}")
         self.reported = None if status is None else (status, detail)
+
+    def add_health_check(self, check: HealthCheck) -> None:
+        """Add a check that ``vendorguard.health()`` runs when it is read: it returns ``None``
+        (nothing to say) or ``(status, detail, extra)``, where status is ``"ok"``,
+        ``"degraded"`` or ``"down"``, detail a short text from code, and extra a dict of
+        JSON-ready fields added to the vendor's entry (for example the data source's state).
+        A check that raises is logged and ignored."""
+        if not callable(check):
+            raise TypeError(f"health check must be callable, got {check!r}")
+        self.health_checks.append(check)
 
     def bucket_for(self, budget: RetryBudget) -> TokenBucket:
         with self._lock:

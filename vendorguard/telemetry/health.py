@@ -16,6 +16,7 @@ call arguments and no exception messages.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEGRADED_ERROR_RATE", "MIN_CALLS", "health", "vendor_health"]
 
+_log = logging.getLogger("vendorguard")
 MIN_CALLS = 10
 DEGRADED_ERROR_RATE = 0.25
 _FAILED = tuple(OUTCOMES.index(o) for o in ("error", "timeout", "rejected"))
@@ -75,11 +77,24 @@ def vendor_health(v: Vendor) -> dict[str, Any]:
             judged >= MIN_CALLS and error_rate is not None
             and error_rate >= DEGRADED_ERROR_RATE)):
         status = "degraded"
-    detail = None
-    if v.reported is not None:
-        reported, detail = v.reported
-        if _SEVERITY[reported] > _SEVERITY[status]:
+    details: list[str] = []
+    extra: dict[str, Any] = {}
+    reports = [v.reported] if v.reported is not None else []
+    for check in list(v.health_checks):
+        try:
+            result = check()
+        except Exception as exc:  # a check's bug must not break the health endpoint
+            _log.error("vendorguard: health check of %s failed with %s", v.name,
+                       type(exc).__name__)
+            continue
+        if result is not None:
+            reports.append(result[:2])
+            extra.update(result[2])
+    for reported, text in reports:
+        if _SEVERITY.get(reported, 0) > _SEVERITY[status]:
             status = reported
+        if text:
+            details.append(text)
 
     history = sorted((when, name, old, new) for name, c in circuits.items()
                      for old, new, when in list(c.history))[-10:]
@@ -109,5 +124,6 @@ def vendor_health(v: Vendor) -> dict[str, Any]:
         "transitions": transitions,
         "control": [{"action": e.action, "reason": e.reason, "time": e.time}
                     for e in list(v.audit)[-10:]],
-        "detail": detail,
+        "detail": "; ".join(details) or None,
+        **extra,
     }

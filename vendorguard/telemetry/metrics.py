@@ -46,6 +46,7 @@ class Families:
     circuit_transitions: Counter
     in_flight: Gauge
     abandoned: Gauge
+    flag_data_age: Gauge
 
 
 _lock = threading.Lock()
@@ -93,6 +94,10 @@ def _create(reg: CollectorRegistry) -> Families:
         abandoned=Gauge("vendorguard_abandoned_calls",
                         "Timed-out sync attempts whose worker thread is still running.",
                         ("vendor",), registry=reg, multiprocess_mode="livesum"),
+        flag_data_age=Gauge("vendorguard_flag_data_age_seconds",
+                            "Seconds since a flag vendor's data in memory was last known "
+                            "current (0 while its data source is valid).",
+                            ("vendor",), registry=reg, multiprocess_mode="livemax"),
     )
 
 
