@@ -409,7 +409,34 @@ except ImportError:  # pragma: no cover
             self.results = None
 
 
-class LDClient(ldclient.LDClient):  # type: ignore[misc]
+class _Guarded:
+    """The guarded methods, shared by the drop-in class and the wrapper of an existing client."""
+
+    @property
+    def vendorguard(self) -> FlagGuard:
+        raise NotImplementedError
+
+    def variation(self, key: str, context: Any, default: Any) -> Any:
+        return self.vendorguard.variation(key, context, default)
+
+    def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
+        return self.vendorguard.evaluate("variation_detail", key, context, default)
+
+    def all_flags_state(self, context: Any, **kwargs: Any) -> FeatureFlagsState:
+        return self.vendorguard.all_flags_state(context, **kwargs)
+
+    def track(self, event_name: str, context: Any, data: Any = None,
+              metric_value: Any = None) -> None:
+        self.vendorguard.event("track", event_name, context, data, metric_value)
+
+    def identify(self, context: Any) -> None:
+        self.vendorguard.event("identify", context)
+
+    def flush(self) -> None:
+        self.vendorguard.event("flush")
+
+
+class LDClient(_Guarded, ldclient.LDClient):  # type: ignore[misc]
     """``ldclient.LDClient`` whose evaluations never raise and are counted (a drop-in)."""
 
     def __init__(self, config: Any, start_wait: float = DEFAULT_START_WAIT, *,
@@ -425,27 +452,8 @@ class LDClient(ldclient.LDClient):  # type: ignore[misc]
     def vendorguard(self) -> FlagGuard:
         return self._vg
 
-    def variation(self, key: str, context: Any, default: Any) -> Any:
-        return self._vg.variation(key, context, default)
 
-    def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
-        return self._vg.evaluate("variation_detail", key, context, default)
-
-    def all_flags_state(self, context: Any, **kwargs: Any) -> FeatureFlagsState:
-        return self._vg.all_flags_state(context, **kwargs)
-
-    def track(self, event_name: str, context: Any, data: Any = None,
-              metric_value: Any = None) -> None:
-        self._vg.event("track", event_name, context, data, metric_value)
-
-    def identify(self, context: Any) -> None:
-        self._vg.event("identify", context)
-
-    def flush(self) -> None:
-        self._vg.event("flush")
-
-
-class _Wrapped(wrapt.BaseObjectProxy):  # type: ignore[type-arg]
+class _Wrapped(_Guarded, wrapt.BaseObjectProxy):  # type: ignore[type-arg]
     """An existing client with guarded evaluations; everything else is the client's own."""
 
     def __init__(self, client: Any, guard: FlagGuard) -> None:
@@ -458,25 +466,6 @@ class _Wrapped(wrapt.BaseObjectProxy):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         return repr(self.__wrapped__)
-
-    def variation(self, key: str, context: Any, default: Any) -> Any:
-        return self._self_guard.variation(key, context, default)
-
-    def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
-        return self._self_guard.evaluate("variation_detail", key, context, default)
-
-    def all_flags_state(self, context: Any, **kwargs: Any) -> FeatureFlagsState:
-        return self._self_guard.all_flags_state(context, **kwargs)
-
-    def track(self, event_name: str, context: Any, data: Any = None,
-              metric_value: Any = None) -> None:
-        self._self_guard.event("track", event_name, context, data, metric_value)
-
-    def identify(self, context: Any) -> None:
-        self._self_guard.event("identify", context)
-
-    def flush(self) -> None:
-        self._self_guard.event("flush")
 
 
 def wrap(client: Any, **options: Any) -> Any:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import pytest
 from prometheus_client import CollectorRegistry
 
+import vendorguard
 from vendorguard import registry as _registry
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -58,3 +59,23 @@ def held(guarded: Callable[[], object], gate: Gate) -> Iterator[None]:
     finally:
         gate.release.set()
         thread.join(timeout=10)
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Retries without backoff sleeps (vendorguard's testing mode)."""
+    with vendorguard.testing_mode():
+        yield

@@ -12,22 +12,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
-from tests.conftest import sample
+from tests.conftest import FakeClock, sample
 from vendorguard.breaker import REJECT, Circuit
 from vendorguard.events import CircuitStateChanged
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class VendorDown(Exception):

@@ -21,10 +21,9 @@ class Boom(Exception):
     """A vendor failure."""
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,10 +18,9 @@ class Boom(Exception):
     """A vendor failure (transient for the default classifier)."""
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 def _vendor(metrics: CollectorRegistry, **kwargs: Any) -> vg.Vendor:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
-from tests.conftest import Gate, held
+from tests.conftest import FakeClock, Gate, held
 from vendorguard.telemetry.health import DEGRADED_ERROR_RATE, MIN_CALLS
 from vendorguard.telemetry.metrics import BUCKETS, OUTCOMES
 from vendorguard.telemetry.window import Counts, HealthWindow, quantile
@@ -21,23 +20,10 @@ class Boom(Exception):
     """A vendor failure (transient for the default classifier)."""
 
 
-class Clock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 def _vendor(metrics: CollectorRegistry, name: str = "acme", **kwargs: Any) -> vg.Vendor:
@@ -175,7 +161,7 @@ def test_disabled_breaker_is_ok(metrics: CollectorRegistry) -> None:
 
 def test_half_open_is_degraded(metrics: CollectorRegistry) -> None:
     """While a trial call runs in a half-open circuit the vendor is degraded."""
-    clock = Clock()
+    clock = FakeClock()
     vendor = _vendor(metrics, breaker=vg.Breaker(failures=1, reset_after=10.0))
     gate = Gate()
     calls: list[int] = []
@@ -408,7 +394,7 @@ def _counts(success: float = 0.0, error: float = 0.0, fallbacks: float = 0.0) ->
 
 def test_window_first_read_covers_everything_since_creation() -> None:
     """The first read, however late, covers every count since the window was created."""
-    clock = Clock()
+    clock = FakeClock()
     window = HealthWindow(seconds=60, resolution=5, clock=clock)
     clock.advance(500)
     totals, recent, seconds = window.recent(_counts(success=42))
@@ -418,7 +404,7 @@ def test_window_first_read_covers_everything_since_creation() -> None:
 
 def test_window_covers_roughly_the_last_window() -> None:
     """With frequent reads, numbers cover between one window and one window + resolution."""
-    clock = Clock()
+    clock = FakeClock()
     window = HealthWindow(seconds=60, resolution=5, clock=clock)
     for t in range(1, 301):  # one call per second, read every second
         clock.advance(1)
@@ -430,7 +416,7 @@ def test_window_covers_roughly_the_last_window() -> None:
 
 def test_window_drops_old_failures() -> None:
     """Failures older than the window no longer count once a newer baseline exists."""
-    clock = Clock()
+    clock = FakeClock()
     window = HealthWindow(seconds=60, resolution=5, clock=clock)
     clock.advance(10)
     window.recent(_counts(error=5))
@@ -443,7 +429,7 @@ def test_window_drops_old_failures() -> None:
 
 def test_window_snapshots_stay_bounded() -> None:
     """However many reads, only the snapshots the window needs are kept."""
-    clock = Clock()
+    clock = FakeClock()
     window = HealthWindow(seconds=60, resolution=5, clock=clock)
     for t in range(10_000):
         clock.advance(0.5)
@@ -453,7 +439,7 @@ def test_window_snapshots_stay_bounded() -> None:
 
 def test_window_through_real_guards(metrics: CollectorRegistry) -> None:
     """Through a vendor, failures that left the window stop counting in error_rate."""
-    clock = Clock()
+    clock = FakeClock()
     vendor = _vendor(metrics, breaker=None)
     vendor.window = HealthWindow(seconds=60, resolution=5, clock=clock)
     ok, bad = vendor.guard("ok")(_ok), vendor.guard("bad", fallback="fb")(_boom)

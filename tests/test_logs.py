@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
-from tests.conftest import sample
+from tests.conftest import FakeClock, sample
 from vendorguard.telemetry import logs
 from vendorguard.telemetry.logs import FallbackLog
 
@@ -23,23 +23,10 @@ class Boom(Exception):
     """A vendor failure (transient for the default classifier)."""
 
 
-class Clock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 @pytest.fixture
@@ -75,21 +62,21 @@ def _transitions(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # -- breaker transitions ----------------------------------------------------------------------
 
 
-def _trip(vendor: vg.Vendor, clock: Clock) -> None:
+def _trip(vendor: vg.Vendor, clock: FakeClock) -> None:
     vendor.guard("op", fallback="fb")(_boom)()
 
 
-def _recover(vendor: vg.Vendor, clock: Clock) -> None:
+def _recover(vendor: vg.Vendor, clock: FakeClock) -> None:
     _trip(vendor, clock)
     clock.advance(11.0)
     vendor.guard("op2", fallback="fb")(_ok)()
 
 
-def _force(vendor: vg.Vendor, clock: Clock) -> None:
+def _force(vendor: vg.Vendor, clock: FakeClock) -> None:
     vendor.force_open("kill")
 
 
-def _disable(vendor: vg.Vendor, clock: Clock) -> None:
+def _disable(vendor: vg.Vendor, clock: FakeClock) -> None:
     vendor.disable("noisy")
 
 
@@ -106,7 +93,7 @@ def test_breaker_transitions_logged_at_warning(
         log: pytest.LogCaptureFixture, metrics: CollectorRegistry, act: Any,
         expected: list[tuple[str, str]]) -> None:
     """Every transition is one WARNING record naming vendor, circuit, from and to."""
-    clock = Clock()
+    clock = FakeClock()
     vendor = _vendor(metrics, breaker=vg.Breaker(failures=1, reset_after=10.0))
     vendor.circuit_for("op")._clock = clock
     log.clear()
@@ -225,15 +212,15 @@ def test_fallback_rate_limit_is_per_operation(log: pytest.LogCaptureFixture,
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """A fake time.monotonic as seen by vendorguard.telemetry.logs."""
-    fake = Clock()
+    fake = FakeClock()
     monkeypatch.setattr(logs.time, "monotonic", fake)
     return fake
 
 
 def test_fallback_log_reports_suppressed_count(log: pytest.LogCaptureFixture,
-                                               clock: Clock) -> None:
+                                               clock: FakeClock) -> None:
     """After the interval, the next record says how many fallbacks were not logged."""
     flog = FallbackLog("acme", "op", interval=10.0)
     for _ in range(100):
@@ -248,7 +235,7 @@ def test_fallback_log_reports_suppressed_count(log: pytest.LogCaptureFixture,
 
 
 def test_fallback_log_quiet_until_interval_passes(log: pytest.LogCaptureFixture,
-                                                  clock: Clock) -> None:
+                                                  clock: FakeClock) -> None:
     """Within the interval nothing more is logged; just after it, one record."""
     flog = FallbackLog("acme", "op", interval=10.0)
     flog.hit("error")
@@ -261,7 +248,7 @@ def test_fallback_log_quiet_until_interval_passes(log: pytest.LogCaptureFixture,
 
 
 def test_fallback_log_without_suppressed_has_no_count(log: pytest.LogCaptureFixture,
-                                                      clock: Clock) -> None:
+                                                      clock: FakeClock) -> None:
     """A record after a quiet interval does not claim any were suppressed."""
     flog = FallbackLog("acme", "op", interval=10.0)
     flog.hit("error")
@@ -272,7 +259,7 @@ def test_fallback_log_without_suppressed_has_no_count(log: pytest.LogCaptureFixt
     assert not re.search(r"\d+ more", second)
 
 
-def test_fallback_log_respects_level(caplog: pytest.LogCaptureFixture, clock: Clock) -> None:
+def test_fallback_log_respects_level(caplog: pytest.LogCaptureFixture, clock: FakeClock) -> None:
     """With the logger above INFO, fallbacks are not logged."""
     caplog.set_level(logging.WARNING, logger="vendorguard")
     FallbackLog("acme", "op").hit("error")

@@ -6,7 +6,6 @@ import asyncio
 import copy
 import inspect
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,10 +19,9 @@ class Boom(Exception):
     """A vendor failure."""
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 class Charges:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,10 +21,9 @@ class Boom(Exception):
     """A vendor failure."""
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 def _fail(*args: Any, **kwargs: Any) -> None:

@@ -66,10 +66,9 @@ def spans() -> Iterator[Spans]:
         s.provider.shutdown()
 
 
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    with vg.testing_mode():
-        yield
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 
 
 def _vendor(metrics: CollectorRegistry, **kwargs: Any) -> vg.Vendor:
