@@ -13,9 +13,6 @@ from typing import Any, Literal
 
 __all__ = ["Backoff", "Breaker", "Bulkhead", "Policy", "Retry", "RetryBudget", "Timeout"]
 
-Seconds = float | int | timedelta
-
-
 def _seconds(owner: str, name: str, value: Any, *, allow_none: bool = True,
              allow_zero: bool = False) -> float | None:
     """Normalise a duration (seconds or timedelta) and check it is finite and positive."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,9 +157,3 @@ class OperationMetrics:
 def circuit_children(fam: Families, vendor: str, circuit: str) -> dict[str, Any]:
     """One-hot state children for a circuit, all present from the start."""
     return {s: fam.circuit_state.labels(vendor, circuit, s) for s in CIRCUIT_STATES}
-
-
-def set_one_hot(children: dict[str, Any], state: str, states: Sequence[str] = CIRCUIT_STATES,
-                ) -> None:
-    for s in states:
-        children[s].set(1 if s == state else 0)
