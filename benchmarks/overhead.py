@@ -82,7 +82,7 @@ except ImportError:  # pragma: no cover - optional peer
 
 PACKAGES = [
     "vendorguard", "pybreaker", "tenacity", "stamina", "circuitbreaker", "pyresilience",
-    "prometheus-client", "opentelemetry-api", "opentelemetry-sdk",
+    "prometheus-client", "opentelemetry-api", "opentelemetry-sdk", "launchdarkly-server-sdk",
 ]
 
 # Loggers written to on some measured paths (force_open logs once at setup; stamina and
@@ -155,9 +155,10 @@ BASE_NAMES = {
     "async": "bare await af(1)",
     "attempts": "bare attempts: flaky(1) twice, each in try/except",
     "span": "SDK span alone: start (2 attrs) + make current + 3 result attrs + end",
+    "ld": "raw SDK: ldclient.LDClient(TestData).variation('f', ctx, False)",
 }
 BASE_LABELS = {"sync": "bare f(1)", "async": "bare await af(1)", "attempts": "bare attempts",
-               "span": "SDK span alone"}
+               "span": "SDK span alone", "ld": "raw LD variation"}
 
 
 def case(group, name, stmt, *, kind="sync", base=None, target=None, before=None, after=None,
@@ -429,6 +430,46 @@ _reset_flaky()
 assert ten_fl(1) == 1
 case("peers", "tenacity one retry, wait_none() (flaky target)", "g(1)", base="attempts",
      before=_reset_flaky, g=ten_fl)
+
+
+# --------------------------------------------------------------------------------------------
+# 9. LaunchDarkly: the drop-in's variation against the raw SDK call (flags in memory, TestData)
+# --------------------------------------------------------------------------------------------
+T_LD = ("LaunchDarkly variation through the drop-in, over raw SDK", 2.0)
+LD_CLIENTS: list[Any] = []
+try:
+    import ldclient
+    from ldclient.integrations.test_data import TestData
+    from vendorguard.integrations import launchdarkly as vg_ld
+except ImportError:  # pragma: no cover - optional vendor SDK
+    ldclient = None
+    SKIPPED.append("launchdarkly-server-sdk not installed: its rows are skipped")
+    del BASE_NAMES["ld"]
+
+if ldclient is not None:
+    _LD_DATA = TestData.data_source()
+    _LD_DATA.update(_LD_DATA.flag("f").variation_for_all(True))
+    _LD_CTX = ldclient.Context.create("bench-user")
+
+    def _ld_config():
+        return ldclient.Config("sdk-bench", update_processor_class=_LD_DATA, send_events=False,
+                               diagnostic_opt_out=True)
+
+    LD_RAW = ldclient.LDClient(_ld_config(), start_wait=1)
+    LD_DROP = vg_ld.LDClient(_ld_config(), vendor="bench-launchdarkly",
+                             registry=CollectorRegistry())
+    LD_LAST = vg_ld.LDClient(_ld_config(), vendor="bench-launchdarkly-last-good",
+                             last_good=True, registry=CollectorRegistry())
+    LD_CLIENTS += [LD_RAW, LD_DROP, LD_LAST]
+    for _c in LD_CLIENTS:
+        assert _c.variation("f", _LD_CTX, False) is True
+
+    case("launchdarkly", BASE_NAMES["ld"], "c.variation('f', ctx, False)", base="ld",
+         c=LD_RAW, ctx=_LD_CTX)
+    case("launchdarkly", "LaunchDarkly drop-in variation('f', ctx, False), metrics",
+         "c.variation('f', ctx, False)", base="ld", target=T_LD, c=LD_DROP, ctx=_LD_CTX)
+    case("launchdarkly", "  variant: LaunchDarkly drop-in, last_good=True",
+         "c.variation('f', ctx, False)", base="ld", c=LD_LAST, ctx=_LD_CTX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -810,6 +851,8 @@ def main():
             json.dump({"meta": meta, "cases": rows, "threads": threads}, fh, indent=2)
             fh.write("\n")
     POOL1.shutdown()
+    for client in LD_CLIENTS:
+        client.close()
     loop.close()
 
 

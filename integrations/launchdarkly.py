@@ -29,6 +29,7 @@ they never raise and are counted. Supported: launchdarkly-server-sdk 9.x.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -82,7 +83,10 @@ def _vendor(name: str, registry: CollectorRegistry | None) -> Vendor:
     if found is not None:
         return found
     try:
-        return Vendor(name, retry=None, breaker=None, registry=registry)
+        created = Vendor(name, retry=None, breaker=None, registry=registry)
+        # Its health follows the data source: defaults served while flags load are expected.
+        created.judge_error_rate = False
+        return created
     except ValueError:  # created by another thread meanwhile
         return _registry[name]
 
@@ -106,6 +110,7 @@ class _NotReadyLogFilter(logging.Filter):
 
 
 _not_ready_filter = _NotReadyLogFilter()
+_SDK_LOGGERS = ("ldclient", "ldclient.util")
 
 
 class FlagGuard:
@@ -166,7 +171,8 @@ class FlagGuard:
         provider = client.data_source_status_provider
         provider.add_listener(self._on_status)
         self._on_status(provider.status)
-        logging.getLogger("ldclient").addFilter(_not_ready_filter)
+        for name in _SDK_LOGGERS:  # a logger's filters do not see its children's records
+            logging.getLogger(name).addFilter(_not_ready_filter)
         offline = getattr(getattr(client, "_config", None), "offline", False)
         if not offline and not client.is_initialized():
             waited = "" if start_wait is None else f" after {start_wait:g} s"
@@ -181,9 +187,25 @@ class FlagGuard:
             text = f"{kind} {error.status_code}" if error.status_code else kind
         self._status = (status.state, float(status.since), text)
 
+    def detach(self) -> None:
+        """Stop following the client (it was closed): its health no longer speaks for the
+        vendor, so a client that replaces it is judged on its own."""
+        client, self._client = self._client, None
+        with contextlib.suppress(ValueError):
+            self.vendor.health_checks.remove(self._health)
+        if client is not None:
+            try:
+                client.data_source_status_provider.remove_listener(self._on_status)
+            except Exception:  # a client half torn down: nothing left to listen to
+                _log.debug("vendorguard: launchdarkly status listener already gone")
+        self._status = (DataSourceState.OFF, time.time(), None)
+
     def data_age(self) -> float:
         """Seconds since the flags in memory were last known current: 0 while the data source
-        is valid (or, for sources that report no status, such as TestData, once initialised)."""
+        is valid (or, for sources that report no status, such as TestData, once initialised),
+        and 0 for a client that was closed."""
+        if self._client is None:
+            return 0.0
         state, since, _ = self._status
         if state == DataSourceState.VALID or (
                 state == DataSourceState.INITIALIZING and self._initialized()):
@@ -330,8 +352,12 @@ class FlagGuard:
                        type(exc).__name__)
             state = None
         if state is None or not state.valid:
-            reason = "bad_context" if not isinstance(context, Context) else (
-                "not_ready" if state is not None else "exception")
+            if not isinstance(context, Context) or not context.valid:
+                reason = "bad_context"
+            elif not self._initialized():
+                reason = "not_ready"
+            else:
+                reason = "exception"
             self._calls["all_flags_state"][
                 "caller_error" if reason == "bad_context" else "error"](1)
             self._fallbacks["all_flags_state", reason](1)
@@ -435,6 +461,16 @@ class _Guarded:
     def flush(self) -> None:
         self.vendorguard.event("flush")
 
+    def close(self) -> None:
+        """Close the client (flushing its events, as the SDK does) and stop following it."""
+        try:
+            self._close_client()
+        finally:
+            self.vendorguard.detach()
+
+    def _close_client(self) -> None:
+        raise NotImplementedError
+
 
 class LDClient(_Guarded, ldclient.LDClient):  # type: ignore[misc]
     """``ldclient.LDClient`` whose evaluations never raise and are counted (a drop-in)."""
@@ -452,6 +488,9 @@ class LDClient(_Guarded, ldclient.LDClient):  # type: ignore[misc]
     def vendorguard(self) -> FlagGuard:
         return self._vg
 
+    def _close_client(self) -> None:
+        ldclient.LDClient.close(self)
+
 
 class _Wrapped(_Guarded, wrapt.BaseObjectProxy):  # type: ignore[type-arg]
     """An existing client with guarded evaluations; everything else is the client's own."""
@@ -463,6 +502,9 @@ class _Wrapped(_Guarded, wrapt.BaseObjectProxy):  # type: ignore[type-arg]
     @property
     def vendorguard(self) -> FlagGuard:
         return self._self_guard
+
+    def _close_client(self) -> None:
+        self.__wrapped__.close()
 
     def __repr__(self) -> str:
         return repr(self.__wrapped__)

@@ -119,6 +119,8 @@ class Vendor:
         """(unix time, exception type name, outcome) of the latest failed call."""
         self.reported: tuple[str, str | None] | None = None
         self.health_checks: list[HealthCheck] = []
+        self.judge_error_rate = True
+        """Whether a high recent error rate makes the vendor degraded in health()."""
         self.window = HealthWindow()
         self._override: Callable[[Circuit], None] | None = None
         if breaker is None or breaker.scope == "vendor":

@@ -74,7 +74,7 @@ def vendor_health(v: Vendor) -> dict[str, Any]:
     elif open_count or HALF_OPEN in states:
         status = "degraded"
     if status == "ok" and (v.abandoned > 0 or (
-            judged >= MIN_CALLS and error_rate is not None
+            v.judge_error_rate and judged >= MIN_CALLS and error_rate is not None
             and error_rate >= DEGRADED_ERROR_RATE)):
         status = "degraded"
     details: list[str] = []

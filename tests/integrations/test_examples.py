@@ -1,0 +1,24 @@
+"""The integration examples run as scripts and print what they promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_launchdarkly_example_runs() -> None:
+    """examples/launchdarkly_flags.py exits 0, serves a bad context the default, is healthy."""
+    pytest.importorskip("ldclient")
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "launchdarkly_flags.py")],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "bad context (a dict)   -> False" in done.stdout
+    assert "health: launchdarkly ok" in done.stdout
+    assert 'reason="bad_context"' in done.stdout
