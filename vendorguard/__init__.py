@@ -24,6 +24,7 @@ from .errors import (
 )
 from .events import Event, Observer, add_observer, remove_observer
 from .fallback import Failure, FallbackStrategy, LastGood
+from .outbox import Outbox, OutboxError, Receipt
 from .pipeline import Guard
 from .policy import Backoff, Breaker, Bulkhead, Policy, Retry, RetryBudget, Timeout
 from .proxy import VendorProxy
@@ -48,7 +49,10 @@ __all__ = [
     "Kind",
     "LastGood",
     "Observer",
+    "Outbox",
+    "OutboxError",
     "Policy",
+    "Receipt",
     "Retry",
     "RetryBudget",
     "Timeout",

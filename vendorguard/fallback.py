@@ -61,6 +61,10 @@ class FallbackStrategy:
         """Return the value to give the caller, or raise :class:`NoFallback`."""
         raise NoFallback
 
+    def bind(self, guard: Any, fn: Any) -> None:
+        """Called when a guard using this fallback wraps ``fn`` (the outbox learns from it
+        how to redeliver)."""
+
 
 class _Value(FallbackStrategy):
     __slots__ = ("value",)

@@ -38,7 +38,7 @@ from .events import (
     RetryScheduled,
     emit,
 )
-from .fallback import Failure, FallbackStrategy, NoFallback, compile_fallback
+from .fallback import MISSING, Failure, FallbackStrategy, NoFallback, compile_fallback
 from .policy import Retry, Timeout
 from .retry import RetryPlan, TokenBucket, is_testing
 from .sync_path import compile_sync
@@ -126,6 +126,12 @@ class Guard:
                         kwargs: dict[str, Any]) -> Any:
         """Await ``fn(*args, **kwargs)`` through the pipeline."""
         return await run_async_path(self, fn, args, kwargs)
+
+    def without_fallback(self) -> Guard:
+        """The same guard with no fallback (for redelivering what a fallback kept)."""
+        return Guard(self.vendor, self.operation, fallback=MISSING, timeout=self.timeout,
+                     retry=self.retry, classifier=self.classifier, idempotent=self.idempotent,
+                     timeout_mode=self.timeout_mode)
 
     def describe(self) -> list[str]:
         """The layers of this guard, outermost first, as they apply to a call."""

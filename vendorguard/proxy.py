@@ -95,6 +95,8 @@ class VendorProxy(wrapt.BaseObjectProxy):  # type: ignore[type-arg]
 
 
 def _bind(compiled: Guard, method: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+    if compiled.fallback is not None:
+        compiled.fallback.bind(compiled, method)
     if is_async:
         run_async = compiled.run_async
 

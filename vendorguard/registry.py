@@ -342,6 +342,8 @@ def _decorate(compiled: Guard, fn: Any) -> Any:
             f"{compiled.name}.guard({compiled.operation!r}) cannot guard the generator "
             f"function {fn.__qualname__}: its body runs after the guard returns. Guard a "
             f"function that returns a list, or guard each vendor call inside it.")
+    if compiled.fallback is not None:
+        compiled.fallback.bind(compiled, fn)
     if is_async_callable(fn):
         run_async = compiled.run_async
 

@@ -47,6 +47,9 @@ class Families:
     in_flight: Gauge
     abandoned: Gauge
     flag_data_age: Gauge
+    outbox_pending: Gauge
+    outbox_delivered: Counter
+    outbox_dead: Counter
 
 
 _lock = threading.Lock()
@@ -98,6 +101,14 @@ def _create(reg: CollectorRegistry) -> Families:
                             "Seconds since a flag vendor's data in memory was last known "
                             "current (0 while its data source is valid).",
                             ("vendor",), registry=reg, multiprocess_mode="livemax"),
+        outbox_pending=Gauge("vendorguard_outbox_pending",
+                             "Messages waiting in the outbox for delivery.", ("vendor",),
+                             registry=reg, multiprocess_mode="livemax"),
+        outbox_delivered=Counter("vendorguard_outbox_delivered",
+                                 "Messages the outbox delivered.", ("vendor",), registry=reg),
+        outbox_dead=Counter("vendorguard_outbox_dead",
+                            "Messages the outbox gave up on (dead letters).", ("vendor",),
+                            registry=reg),
     )
 
 
