@@ -52,6 +52,8 @@ from vendorguard import events
 from vendorguard.registry import Vendor, _registry, _registry_lock
 from vendorguard.telemetry.metrics import OUTCOMES, OperationMetrics, fast_inc, fast_observe
 
+from ._ld_sdk import ERRORS, REASONS, SDK_LOGGERS, Evaluation, HookResult, not_ready_filter
+
 __all__ = ["DEFAULT_START_WAIT", "FlagGuard", "LDClient", "wrap"]
 
 DEFAULT_START_WAIT = 1.0
@@ -62,17 +64,6 @@ STALE_AFTER = 60.0
 _log = logging.getLogger("vendorguard")
 _perf = time.perf_counter
 
-# errorKind of the SDK's evaluation reason -> (outcome, fallback reason)
-_ERRORS = {
-    "CLIENT_NOT_READY": ("error", "not_ready"),
-    "FLAG_NOT_FOUND": ("caller_error", "flag_not_found"),
-    "USER_NOT_SPECIFIED": ("caller_error", "bad_context"),
-    "WRONG_TYPE": ("caller_error", "wrong_type"),
-    "MALFORMED_FLAG": ("error", "malformed_flag"),
-    "EXCEPTION": ("error", "exception"),
-}
-REASONS = ("not_ready", "flag_not_found", "bad_context", "wrong_type", "malformed_flag",
-           "exception", "error")
 _OPERATIONS = ("variation", "variation_detail", "all_flags_state", "track", "identify", "flush")
 
 
@@ -89,28 +80,6 @@ def _vendor(name: str, registry: CollectorRegistry | None) -> Vendor:
         return created
     except ValueError:  # created by another thread meanwhile
         return _registry[name]
-
-
-class _NotReadyLogFilter(logging.Filter):
-    """Lets the SDK's "evaluation before initialisation" warning through once per minute: it
-    is logged on every evaluation otherwise, thousands of lines a second during an outage."""
-
-    def __init__(self) -> None:
-        super().__init__("vendorguard.launchdarkly")
-        self._next = 0.0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Feature Flag evaluation attempted before client"):
-            return True
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + 60.0
-        return True
-
-
-_not_ready_filter = _NotReadyLogFilter()
-_SDK_LOGGERS = ("ldclient", "ldclient.util")
 
 
 class FlagGuard:
@@ -153,7 +122,7 @@ class FlagGuard:
         for op in _OPERATIONS:  # so health() and dashboards see the operations at once
             self.vendor.operations.setdefault(op, OperationMetrics(fam, name, op))
         self._client: Any = None
-        self._evaluation: _Evaluation
+        self._evaluation: Evaluation
         self.variation: Callable[[str, Any, Any], Any]
         self._started = time.time()
         self._status: tuple[DataSourceState, float, str | None] = (
@@ -166,13 +135,13 @@ class FlagGuard:
     def attach(self, client: Any, start_wait: float | None = None) -> None:
         """Follow ``client``'s data source through its status listener."""
         self._client = client
-        self._evaluation = _Evaluation(client)
+        self._evaluation = Evaluation(client)
         self.variation = self.compile_variation()
         provider = client.data_source_status_provider
         provider.add_listener(self._on_status)
         self._on_status(provider.status)
-        for name in _SDK_LOGGERS:  # a logger's filters do not see its children's records
-            logging.getLogger(name).addFilter(_not_ready_filter)
+        for name in SDK_LOGGERS:  # a logger's filters do not see its children's records
+            logging.getLogger(name).addFilter(not_ready_filter)
         offline = getattr(getattr(client, "_config", None), "offline", False)
         if not offline and not client.is_initialized():
             waited = "" if start_wait is None else f" after {start_wait:g} s"
@@ -263,7 +232,7 @@ class FlagGuard:
         if detail.variation_index is None:
             reason_info = detail.reason or {}
             if reason_info.get("kind") == "ERROR":
-                outcome, why = _ERRORS.get(reason_info.get("errorKind", ""), ("error", "error"))
+                outcome, why = ERRORS.get(reason_info.get("errorKind", ""), ("error", "error"))
                 return self._default(method, key, context, default, outcome, why, span, detail)
         elif default is not None and not _same_type(value, default):
             return self._default(method, key, context, default, "caller_error", "wrong_type",
@@ -287,7 +256,7 @@ class FlagGuard:
         if with_hooks is None or self.spans or self.last_good:
             return lambda key, context, default: slow("variation", key, context, default).value
         ok, observe = self._calls["variation"]["success"], self._observe["variation"]
-        judge, raised, result_type = self._judge, self._raised, _HookResult
+        judge, raised, result_type = self._judge, self._raised, HookResult
         perf = _perf
 
         def variation(key: str, context: Any, default: Any) -> Any:
@@ -388,51 +357,6 @@ def _same_type(value: Any, default: Any) -> bool:
     if isinstance(default, (int, float)):
         return isinstance(value, (int, float))
     return isinstance(value, type(default))
-
-
-class _Evaluation:
-    """The SDK's evaluation entry points for one client, looked up once.
-
-    ``variation`` drops the reason we need and ``variation_detail`` would add reasons to the
-    analytics events the application sends, so, where the 9.x internals are present, this runs
-    an evaluation exactly as ``variation`` does (hooks, default event factory) and keeps the
-    detail. Otherwise it falls back to ``variation`` (outcomes then come from exceptions only).
-    """
-
-    __slots__ = ("detail", "factory", "internal", "variation", "with_hooks")
-
-    def __init__(self, client: Any) -> None:
-        base = ldclient.LDClient
-        self.with_hooks = getattr(client, "_LDClient__evaluate_with_hooks", None)
-        self.internal = getattr(client, "_evaluate_internal", None)
-        self.factory = getattr(client, "_event_factory_default", None)
-        self.variation = base.variation.__get__(client)
-        self.detail = base.variation_detail.__get__(client)
-        if self.with_hooks is None or self.internal is None or self.factory is None:
-            _log.warning("vendorguard: this launchdarkly-server-sdk has no evaluation detail "
-                         "for variation(); fallback reasons will be incomplete")
-            self.with_hooks = None
-
-    def __call__(self, key: str, context: Any, default: Any) -> EvaluationDetail:
-        with_hooks = self.with_hooks
-        if with_hooks is None:  # pragma: no cover - other SDK versions
-            return EvaluationDetail(self.variation(key, context, default), 0, {"kind": "UNKNOWN"})
-        internal, factory = self.internal, self.factory
-
-        def evaluate() -> Any:
-            return _HookResult(evaluation_detail=internal(key, context, default, factory)[0])
-
-        return with_hooks(key=key, context=context, default_value=default,  # type: ignore[no-any-return]
-                          method="variation", block=evaluate).evaluation_detail
-
-
-try:  # the SDK's own result type for hooks, where it exists
-    from ldclient.client import _EvaluationWithHookResult as _HookResult
-except ImportError:  # pragma: no cover
-    class _HookResult:  # type: ignore[no-redef]
-        def __init__(self, evaluation_detail: Any) -> None:
-            self.evaluation_detail = evaluation_detail
-            self.results = None
 
 
 class _Guarded:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
 import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from .breaker import Circuit
 from .classify import Classifier
+from .decorate import decorate
 from .events import ControlApplied, emit
 from .fallback import MISSING
 from .pipeline import Guard, TimeoutMode, is_async_callable
@@ -246,7 +246,7 @@ class Vendor:
         """
         compiled = self._guard(operation, fallback, timeout, retry, classifier, idempotent,
                                timeout_mode)
-        return functools.partial(_decorate, compiled)  # type: ignore[return-value]
+        return functools.partial(decorate, compiled)  # type: ignore[return-value]
 
     def call(self, operation: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call ``fn(*args, **kwargs)`` once through this vendor's guard for ``operation``.
@@ -324,43 +324,6 @@ def _check(field: str, value: Any, kind: type) -> None:
     if value is not None and not isinstance(value, kind):
         raise TypeError(f"Vendor.{field} must be a vendorguard.{kind.__name__} or None, "
                         f"got {value!r}")
-
-
-@overload
-def _decorate(compiled: Guard, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
-@overload
-def _decorate(compiled: Guard, fn: Callable[P, R]) -> Callable[P, R]: ...
-def _decorate(compiled: Guard, fn: Any) -> Any:
-    """Wrap ``fn`` (function, method, classmethod or staticmethod) with a compiled guard."""
-    if isinstance(fn, (classmethod, staticmethod)):
-        return type(fn)(_decorate(compiled, fn.__func__))
-    if not callable(fn):
-        raise TypeError(f"{compiled.name}.guard({compiled.operation!r}) needs a callable, "
-                        f"got {fn!r}")
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(
-            f"{compiled.name}.guard({compiled.operation!r}) cannot guard the generator "
-            f"function {fn.__qualname__}: its body runs after the guard returns. Guard a "
-            f"function that returns a list, or guard each vendor call inside it.")
-    if compiled.fallback is not None:
-        compiled.fallback.bind(compiled, fn)
-    if is_async_callable(fn):
-        run_async = compiled.run_async
-
-        @functools.wraps(fn)
-        async def async_guarded(*args: Any, **kwargs: Any) -> Any:
-            return await run_async(fn, args, kwargs)
-
-        async_guarded.vendorguard = compiled  # type: ignore[attr-defined]
-        return async_guarded
-    run = compiled.run_sync
-
-    @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        return run(fn, args, kwargs)
-
-    guarded.vendorguard = compiled  # type: ignore[attr-defined]
-    return guarded
 
 
 def vendor(name: str) -> Vendor:
