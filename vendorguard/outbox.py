@@ -206,6 +206,8 @@ class Outbox(_OutboxFallback):
             raise OutboxError(f"the outbox could not write to {self.path!r}: {exc}") from exc
 
     def _refresh_pending(self) -> None:
+        """Set the pending gauge from the file itself, so that every process sharing it
+        reports what is really waiting (not what it enqueued or delivered itself)."""
         rows = self._read("SELECT vendor, COUNT(*) FROM messages WHERE state = 'pending' "
                           "GROUP BY vendor", ())
         counts = dict(rows)
@@ -252,16 +254,16 @@ class Outbox(_OutboxFallback):
         if key is not None and not isinstance(key, str):
             raise TypeError(f"outbox key must be a string or None, got {type(key).__name__}")
         now = time.time()
-        if key is not None:
-            found = self._read("SELECT id, created FROM messages WHERE vendor = ? AND "
-                               "operation = ? AND key = ?", (vendor, operation, key))
-            if found:
-                return Receipt(found[0][0], vendor, operation, key, found[0][1])
         cursor = self._write(
             "INSERT INTO messages (vendor, operation, key, payload, next_attempt, created, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?)", (vendor, operation, key, text, now, now, now))
+            "updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (vendor, operation, key, text, now, now, now))
+        if cursor.rowcount != 1:  # the key is taken (here or by another process): that one
+            found = self._read("SELECT id, created FROM messages WHERE vendor = ? AND "
+                               "operation = ? AND key = ?", (vendor, operation, key))
+            return Receipt(found[0][0], vendor, operation, key, found[0][1])
         assert cursor.lastrowid is not None
-        self._fam.outbox_pending.labels(vendor).inc()
+        self._refresh_pending()
         self._wake.set()
         return Receipt(cursor.lastrowid, vendor, operation, key, now)
 
@@ -309,7 +311,7 @@ class Outbox(_OutboxFallback):
         for row in rows:
             vendor, operation = row[1], row[2]
             found = self._deliverers.get((vendor, operation))
-            if found is None or self._circuit_open(vendor):
+            if found is None or self._circuit_open(vendor, operation):
                 continue  # delivered by a process that knows how, or once the circuit allows
             if not self._claim(row[0]):
                 continue
@@ -317,12 +319,13 @@ class Outbox(_OutboxFallback):
         if rows:
             self._write("DELETE FROM messages WHERE state = 'delivered' AND updated < ?",
                         (now - self.keep_delivered,))
+            self._refresh_pending()
         return delivered
 
-    def _circuit_open(self, vendor: str) -> bool:
+    def _circuit_open(self, vendor: str, operation: str) -> bool:
         from .registry import _registry
         found = _registry.get(vendor)
-        return found is not None and any(c.rejecting() for c in found.circuits().values())
+        return found is not None and found.circuit_for(operation).rejecting()
 
     def _claim(self, message_id: int) -> bool:
         now = time.time()
@@ -355,7 +358,6 @@ class Outbox(_OutboxFallback):
                          type(exc).__name__, message_id))
             if dead:
                 self._fam.outbox_dead.labels(vendor).inc()
-                self._fam.outbox_pending.labels(vendor).dec()
                 _log.warning("vendorguard: outbox: %s message %d is a dead letter after %d "
                              "attempts (%s)", vendor, message_id, attempts, type(exc).__name__)
             return 0
@@ -363,13 +365,13 @@ class Outbox(_OutboxFallback):
                     "lease_until = 0, updated = ?, last_error = NULL WHERE id = ?",
                     (attempts, time.time(), message_id))
         self._fam.outbox_delivered.labels(vendor).inc()
-        self._fam.outbox_pending.labels(vendor).dec()
         return 1
 
     def start(self, interval: float = 1.0) -> None:
         """Deliver in a background thread, checking at least every ``interval`` seconds."""
         if self._worker is not None and self._worker.is_alive():
             return
+        self._conn()  # a closed outbox has nothing to deliver from
         self._stopping.clear()
         self._worker = threading.Thread(target=self._run, args=(interval,),
                                         name="vendorguard-outbox", daemon=True)
