@@ -575,3 +575,24 @@ def test_observers_run_outside_the_circuit_lock(metrics: CollectorRegistry) -> N
         vg.remove_observer(observer)
     assert done.is_set()
     assert vendor.circuits()["v"].state == "closed"
+
+
+def test_vendor_wait_holds_the_circuit_open_no_longer_than_retries_would_wait(
+        metrics: CollectorRegistry) -> None:
+    """A Retry-After of a day opens the circuit for at most Retry.max_retry_after."""
+    day = 86400.0
+
+    def rate_limited(exc: Exception) -> vg.Verdict:
+        return vg.Verdict(vg.Kind.TRANSIENT, retry_after=day)
+
+    vendor = vg.Vendor("v", breaker=vg.Breaker(failures=1, reset_after=1.0),
+                       retry=vg.Retry(attempts=1, max_retry_after=30.0),
+                       classifier=rate_limited, registry=metrics)
+
+    @vendor.guard("op")
+    def limited() -> None:
+        raise ConnectionRefusedError
+
+    with pytest.raises(ConnectionRefusedError):
+        limited()
+    assert 29.0 < vendor.circuits()["v"].retry_after() <= 30.0

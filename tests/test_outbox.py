@@ -861,3 +861,24 @@ def test_delivery_completes_after_sigkill(after_crash: tuple[Path, dict[int, int
     assert (outbox.pending(), outbox.dead()) == ([], [])
     assert sorted(d["kwargs"]["subject"] for d in delivered) == sorted(
         m.payload["kwargs"]["subject"] for m in kept_messages)
+
+
+@pytest.mark.parametrize(("keep_ambiguous", "kept"), [(False, False), (True, True)],
+                         ids=["declined", "kept-when-asked"])
+def test_ambiguous_failure_is_kept_only_when_asked(
+        make_outbox: Callable[..., vg.Outbox], metrics: CollectorRegistry,
+        keep_ambiguous: bool, kept: bool) -> None:
+    """A failure where the vendor may have acted is raised, unless duplicates are accepted."""
+    outbox = make_outbox(keep_ambiguous=keep_ambiguous)
+    vendor = vg.Vendor(VENDOR, retry=None, registry=metrics)
+
+    @vendor.guard(OP, fallback=outbox)
+    def send(to: str) -> None:
+        raise TimeoutError("read timed out after the request was sent")
+
+    if kept:
+        assert isinstance(send("a"), vg.Receipt)
+    else:
+        with pytest.raises(TimeoutError):
+            send("a")
+    assert len(outbox.pending()) == (1 if kept else 0)

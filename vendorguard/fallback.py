@@ -37,7 +37,9 @@ class NoFallback(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """What a fallback callable receives about the failed call."""
+    """What a fallback callable receives about the failed call. ``kind`` is how the last
+    attempt's failure was classified (``transient``, ``ambiguous``, ``fatal``), or ``None``
+    when no attempt was made (an open circuit, a full bulkhead, a deadline already passed)."""
 
     exception: BaseException
     outcome: str
@@ -46,6 +48,7 @@ class Failure:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     attempts: int
+    kind: str | None = None
 
 
 class FallbackStrategy:

@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 
 from .classify import Kind, Verdict, default_classifier
 from .errors import BulkheadFullError, CircuitOpenError
-from .fallback import Failure, FallbackStrategy
+from .fallback import Failure, FallbackStrategy, NoFallback
 from .pipeline import is_async_callable
 from .telemetry.metrics import families
 
@@ -123,10 +123,13 @@ class _OutboxFallback(FallbackStrategy):
     """Enqueue a failed call and return its receipt."""
 
     def __init__(self, outbox: Outbox, encode: Callable[[tuple[Any, ...], dict[str, Any]], Any],
-                 learn: bool) -> None:
+                 learn: bool, keep_ambiguous: bool) -> None:
         self.outbox, self.encode, self.learn = outbox, encode, learn
+        self.keep_ambiguous = keep_ambiguous
 
     def serve(self, failure: Failure) -> Receipt:
+        if failure.kind == "ambiguous" and not self.keep_ambiguous:
+            raise NoFallback  # the vendor may have acted: redelivering could do it twice
         payload = self.encode(failure.args, failure.kwargs)
         return self.outbox.enqueue(failure.vendor, failure.operation, payload)
 
@@ -147,14 +150,18 @@ class Outbox(_OutboxFallback):
         max_backoff: the longest wait between redeliveries.
         lease: seconds a worker may hold a message it is delivering.
         keep_delivered: seconds a delivered message's key is kept, to deduplicate.
+        keep_ambiguous: as a fallback, also keep calls whose failure was ambiguous (the
+            vendor may have acted, e.g. a timeout after the request was sent): delivery then
+            becomes at-least-once with possible duplicates. By default such a failure is
+            raised to the caller instead.
         registry: Prometheus registry for the outbox metrics (default: the global one).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, max_attempts: int = 10,
                  backoff: float = 1.0, max_backoff: float = 300.0, lease: float = 60.0,
-                 keep_delivered: float = 7 * 86400.0,
+                 keep_delivered: float = 7 * 86400.0, keep_ambiguous: bool = False,
                  registry: CollectorRegistry | None = None) -> None:
-        super().__init__(self, _encode_call, learn=True)
+        super().__init__(self, _encode_call, learn=True, keep_ambiguous=keep_ambiguous)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
                 or max_attempts < 1:
             raise ValueError(f"Outbox.max_attempts must be an int >= 1, got {max_attempts!r}")
@@ -237,11 +244,12 @@ class Outbox(_OutboxFallback):
         self._fam.outbox_dead.labels(vendor)
         self._refresh_pending()
 
-    def fallback(self, encode: Callable[[tuple[Any, ...], dict[str, Any]], Any]
-                 ) -> FallbackStrategy:
+    def fallback(self, encode: Callable[[tuple[Any, ...], dict[str, Any]], Any], *,
+                 keep_ambiguous: bool | None = None) -> FallbackStrategy:
         """A fallback that enqueues ``encode(args, kwargs)`` for the guard's vendor and
         operation; pair it with :meth:`register` to say how to deliver that payload."""
-        return _OutboxFallback(self, encode, learn=False)
+        keep = self.keep_ambiguous if keep_ambiguous is None else keep_ambiguous
+        return _OutboxFallback(self, encode, learn=False, keep_ambiguous=keep)
 
     def enqueue(self, vendor: str, operation: str, payload: Any, key: str | None = None
                 ) -> Receipt:

@@ -117,6 +117,7 @@ class Guard:
             vendor.bucket_for(retry.budget) if self.plan and retry and retry.budget else None)
         self.inflight = vendor.inflight
         self._remember = self.fallback is not None and self.fallback.remembers
+        self._max_open_hint = retry.max_retry_after if retry is not None else 60.0
         self._pool: WorkerPool | None = None
         self.run_sync: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] = (
             compile_sync(self))
@@ -236,7 +237,10 @@ class Guard:
                 circuit.release(gen)
             return CALLER_ERROR
         if circuit is not None:
-            circuit.failure(gen, exc, verdict.retry_after)
+            retry_after = verdict.retry_after
+            if retry_after is not None:  # a vendor's wait keeps the circuit open, within reason
+                retry_after = min(retry_after, self._max_open_hint)
+            circuit.failure(gen, exc, retry_after)
         plan = self.plan
         if plan is None or verdict.kind is Kind.FATAL or (
                 verdict.kind is Kind.AMBIGUOUS and not self.idempotent):
@@ -319,7 +323,9 @@ class Guard:
                 error.add_note(note)
         if self.fallback is None:
             raise NoFallback
-        failure = Failure(error, outcome, self.name, self.operation, args, kwargs, call.attempts)
+        kind = call.verdict.kind.value if call.verdict is not None and error is call.exc else None
+        failure = Failure(error, outcome, self.name, self.operation, args, kwargs, call.attempts,
+                          kind)
         try:
             return self.fallback.serve(failure)
         except NoFallback:
