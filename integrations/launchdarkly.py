@@ -49,7 +49,7 @@ import wrapt
 from prometheus_client import CollectorRegistry
 
 from vendorguard import events
-from vendorguard.registry import Vendor, _registry, _registry_lock
+from vendorguard.registry import Vendor, get_or_create
 from vendorguard.telemetry.metrics import OUTCOMES, OperationMetrics, fast_inc, fast_observe
 
 from ._ld_sdk import ERRORS, REASONS, SDK_LOGGERS, Evaluation, HookResult, not_ready_filter
@@ -68,18 +68,11 @@ _OPERATIONS = ("variation", "variation_detail", "all_flags_state", "track", "ide
 
 
 def _vendor(name: str, registry: CollectorRegistry | None) -> Vendor:
-    """The vendor called ``name``, created for in-memory evaluation if it does not exist."""
-    with _registry_lock:
-        found = _registry.get(name)
-    if found is not None:
-        return found
-    try:
-        created = Vendor(name, retry=None, breaker=None, registry=registry)
-        # Its health follows the data source: defaults served while flags load are expected.
-        created.judge_error_rate = False
-        return created
-    except ValueError:  # created by another thread meanwhile
-        return _registry[name]
+    """The vendor called ``name``, created for in-memory evaluation if it does not exist: no
+    breaker or retry, and health that follows the data source (defaults served while flags
+    load are expected, not an error rate to judge)."""
+    return get_or_create(name, retry=None, breaker=None, registry=registry,
+                         judge_error_rate=False)
 
 
 class FlagGuard:

@@ -57,7 +57,7 @@ from vendorguard.classify import Kind, Verdict
 from vendorguard.errors import BulkheadFullError, CircuitOpenError, VendorTimeoutError
 from vendorguard.fallback import MISSING, Failure, FallbackStrategy, NoFallback
 from vendorguard.policy import Backoff, Breaker, Policy, Retry, Timeout
-from vendorguard.registry import Vendor, _registry, _registry_lock
+from vendorguard.registry import Vendor, get_or_create
 from vendorguard.retry import parse_retry_after
 from vendorguard.timeouts import attempt_timeout
 
@@ -154,15 +154,8 @@ _REDACT = _RedactSDKLog()
 
 def _vendor(name: str, registry: CollectorRegistry | None) -> Vendor:
     """The vendor called ``name``, created with :data:`POLICY` if it does not exist."""
-    with _registry_lock:
-        found = _registry.get(name)
-    if found is not None:
-        return found
-    try:
-        return Vendor(name, timeout=POLICY.timeout, retry=POLICY.retry, breaker=POLICY.breaker,
-                      registry=registry)
-    except ValueError:  # created by another thread meanwhile
-        return _registry[name]
+    return get_or_create(name, timeout=POLICY.timeout, retry=POLICY.retry,
+                         breaker=POLICY.breaker, registry=registry)
 
 
 def _post(http: Any, body: Any, timeout: float | None, extra: dict[str, Any]) -> Any:

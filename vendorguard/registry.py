@@ -57,13 +57,16 @@ class Vendor:
         critical: whether this vendor being down makes the application unhealthy.
         classifier: default failure classifier for the vendor's guards.
         registry: the Prometheus registry (default: the global one).
+        judge_error_rate: whether a high recent error rate makes the vendor degraded in
+            ``health()`` (flag vendors are judged by their data source instead).
     """
 
     def __init__(self, name: str, *, timeout: Timeout | None = None,
                  retry: Retry | None = _DEFAULT_RETRY, breaker: Breaker | None = _DEFAULT_BREAKER,
                  bulkhead: Bulkhead | None = None, critical: bool = False,
                  classifier: Classifier | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 judge_error_rate: bool = True) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"Vendor name must match [a-z0-9_.-]+, got {name!r}")
         _check("timeout", timeout, Timeout)
@@ -80,6 +83,7 @@ class Vendor:
         try:
             self._setup(name, timeout, retry, breaker, bulkhead, critical, classifier,
                         registry)
+            self.judge_error_rate = bool(judge_error_rate)
         except BaseException:
             with _registry_lock:
                 del _registry[name]
@@ -119,8 +123,6 @@ class Vendor:
         """(unix time, exception type name, outcome) of the latest failed call."""
         self.reported: tuple[str, str | None] | None = None
         self.health_checks: list[HealthCheck] = []
-        self.judge_error_rate = True
-        """Whether a high recent error rate makes the vendor degraded in health()."""
         self.window = HealthWindow()
         self._override: Callable[[Circuit], None] | None = None
         if breaker is None or breaker.scope == "vendor":
@@ -340,14 +342,16 @@ def vendors() -> list[Vendor]:
         return list(_registry.values())
 
 
-def get_or_create(name: str) -> Vendor:
-    """The vendor called ``name``, created with default policies if it does not exist."""
+def get_or_create(name: str, **options: Any) -> Vendor:
+    """The vendor called ``name``; if it does not exist, created as ``Vendor(name, **options)``
+    (integrations pass their vendor's default policy; a vendor the application registered
+    first keeps its own)."""
     with _registry_lock:
         found = _registry.get(name)
     if found is not None:
         return found
     try:
-        return Vendor(name)
+        return Vendor(name, **options)
     except ValueError:
         with _registry_lock:
             found = _registry.get(name)
