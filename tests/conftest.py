@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -79,3 +81,16 @@ def no_backoff() -> Iterator[None]:
     """Retries without backoff sleeps (vendorguard's testing mode)."""
     with vendorguard.testing_mode():
         yield
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005
+               ) -> Any:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` seconds pass, and
+    return its last value: for state that changes on another thread or in a vendor SDK's
+    background work, where there is no event to wait on."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(interval)

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
-from tests.conftest import sample
+from tests.conftest import sample, wait_until
 
 OUTCOMES = ("success", "caller_error", "error", "timeout", "rejected")
 
@@ -40,14 +40,6 @@ class Gauge:
             self.active -= 1
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        threading.Event().wait(0.002)
-    return True
 
 
 def run_threads(n: int, target: Callable[[int], Any]) -> float:

@@ -6,14 +6,14 @@ import asyncio
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
-from tests.conftest import sample
+from tests.conftest import sample, wait_until
 from vendorguard.timeouts import attempt_timeout, remaining
 
 OUTCOMES = ("success", "caller_error", "error", "timeout", "rejected")
@@ -47,14 +47,6 @@ def hang() -> Iterator[Hang]:
     fn.release.set()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        threading.Event().wait(0.005)
-    return True
 
 
 def calls(metrics: CollectorRegistry, outcome: str, vendor: str = "v",

@@ -23,7 +23,7 @@ from vendorguard.integrations import launchdarkly as vg_ld  # noqa: E402
 from vendorguard.integrations.launchdarkly import LDClient, wrap  # noqa: E402
 
 import vendorguard as vg  # noqa: E402
-from tests.conftest import sample  # noqa: E402
+from tests.conftest import sample, wait_until  # noqa: E402
 from tests.integrations.ld_fake import FakeLD, flag, refused_url  # noqa: E402
 
 CTX = Context.builder("user-1").kind("user").name("Ada").build()
@@ -101,14 +101,6 @@ def ld_health() -> dict[str, Any]:
     return vg.health()["vendors"]["launchdarkly"]  # type: ignore[no-any-return]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 class Recorder(Hook):
@@ -463,7 +455,7 @@ def test_variation_events_carry_no_reason(fake: FakeLD, metrics: CollectorRegist
     plain.variation_detail("t", Context.create("via-sdk-detail"), False)
     drop_in.flush()
     plain.flush()
-    assert wait_for(lambda: _feature_event(fake, "via-drop-in")
+    assert wait_until(lambda: _feature_event(fake, "via-drop-in")
                     and _feature_event(fake, "via-sdk-detail"), timeout=10)
     ours, theirs = _feature_event(fake, "via-drop-in"), _feature_event(fake, "via-sdk")
     assert theirs is not None
@@ -488,7 +480,7 @@ def test_stream_health_ok(fake: FakeLD, metrics: CollectorRegistry,
                           closing: Callable[[Any], Any]) -> None:
     """A connected stream shows the vendor ok with data source state valid, age 0."""
     closing(LDClient(stream_config(fake.url), start_wait=5, registry=metrics))
-    assert wait_for(lambda: ld_health()["data_source"]["state"] == "valid")
+    assert wait_until(lambda: ld_health()["data_source"]["state"] == "valid")
     entry = ld_health()
     assert entry["status"] == "ok"
     assert entry["data_source"]["initialized"] is True
@@ -500,9 +492,9 @@ def test_stream_patch_arrives(fake: FakeLD, metrics: CollectorRegistry,
                               closing: Callable[[Any], Any]) -> None:
     """A patch pushed on the open stream changes the value served."""
     client = closing(LDClient(stream_config(fake.url), start_wait=5, registry=metrics))
-    assert wait_for(lambda: fake.open_streams() == 1)
+    assert wait_until(lambda: fake.open_streams() == 1)
     assert fake.patch(flag("color", "green", version=2, variations=["blue", "green"])) == 1
-    assert wait_for(lambda: client.variation("color", CTX, "red") == "green")
+    assert wait_until(lambda: client.variation("color", CTX, "red") == "green")
 
 
 def test_polling_flags_served(fake: FakeLD, metrics: CollectorRegistry,
@@ -519,7 +511,7 @@ def _outage(fake: FakeLD, metrics: CollectorRegistry, closing: Callable[[Any], A
     client = closing(LDClient(stream_config(fake.url), start_wait=5, registry=metrics, **kw))
     assert client.variation("color", CTX, "red") == "blue"
     fake.stop()
-    assert wait_for(lambda: client.data_source_status_provider.status.state.value
+    assert wait_until(lambda: client.data_source_status_provider.status.state.value
                     == "interrupted")
     return client
 
@@ -545,7 +537,7 @@ def test_outage_degrades_health(fake: FakeLD, metrics: CollectorRegistry,
                                 closing: Callable[[Any], Any]) -> None:
     """Interrupted longer than stale_after: degraded, state interrupted, data age > 0."""
     _outage(fake, metrics, closing, stale_after=0.2)
-    assert wait_for(lambda: ld_health()["status"] == "degraded", timeout=5)
+    assert wait_until(lambda: ld_health()["status"] == "degraded", timeout=5)
     entry = ld_health()
     assert entry["data_source"]["state"] == "interrupted"
     assert entry["data_source"]["error"]
@@ -558,16 +550,16 @@ def test_recovery_restores_health_and_values(fake: FakeLD, metrics: CollectorReg
                                              closing: Callable[[Any], Any]) -> None:
     """The service back: health ok again, the new flags and later patches are served."""
     client = _outage(fake, metrics, closing, stale_after=0.2)
-    assert wait_for(lambda: ld_health()["status"] == "degraded", timeout=5)
+    assert wait_until(lambda: ld_health()["status"] == "degraded", timeout=5)
     fake.set_flag(flag("color", "green", version=2, variations=["blue", "green"]))
     fake.start()
-    assert wait_for(lambda: ld_health()["status"] == "ok", timeout=10)
+    assert wait_until(lambda: ld_health()["status"] == "ok", timeout=10)
     assert ld_health()["data_source"]["state"] == "valid"
     assert client.variation("color", CTX, "red") == "green"
     assert sample(metrics, "vendorguard_flag_data_age_seconds", vendor="launchdarkly") == 0.0
-    assert wait_for(lambda: fake.open_streams() == 1)
+    assert wait_until(lambda: fake.open_streams() == 1)
     fake.patch(flag("color", "blue", version=3, variations=["blue", "green"]))
-    assert wait_for(lambda: client.variation("color", CTX, "red") == "blue")
+    assert wait_until(lambda: client.variation("color", CTX, "red") == "blue")
 
 
 def test_closed_client_does_not_degrade_its_successor(fake: FakeLD, metrics: CollectorRegistry,
@@ -575,7 +567,7 @@ def test_closed_client_does_not_degrade_its_successor(fake: FakeLD, metrics: Col
     """A client closed and replaced (as set_config does) leaves the vendor ok."""
     LDClient(stream_config(fake.url), start_wait=5, registry=metrics).close()
     closing(LDClient(stream_config(fake.url), start_wait=5, registry=metrics))
-    assert wait_for(lambda: ld_health()["data_source"]["state"] == "valid")
+    assert wait_until(lambda: ld_health()["data_source"]["state"] == "valid")
     entry = ld_health()
     assert (entry["status"], entry["detail"]) == ("ok", None)
 
@@ -586,7 +578,7 @@ def test_unauthorized_shows_error(fake: FakeLD, metrics: CollectorRegistry,
     fake.fail_with(401)
     client = closing(LDClient(stream_config(fake.url), start_wait=0.2, registry=metrics))
     assert client.variation("f", CTX, "dflt") == "dflt"
-    assert wait_for(lambda: ld_health()["data_source"]["error"])
+    assert wait_until(lambda: ld_health()["data_source"]["error"])
     entry = ld_health()
     assert entry["status"] == "degraded"
     assert "401" in entry["data_source"]["error"]
@@ -600,9 +592,9 @@ def test_service_unavailable_then_recovers(fake: FakeLD, metrics: CollectorRegis
     assert client.variation("color", CTX, "red") == "red"
     assert fallbacks(metrics, "variation", "not_ready") == 1
     fake.fail_with(None)
-    assert wait_for(client.is_initialized, timeout=10)
+    assert wait_until(client.is_initialized, timeout=10)
     assert client.variation("color", CTX, "red") == "blue"
-    assert wait_for(lambda: ld_health()["status"] == "ok")
+    assert wait_until(lambda: ld_health()["status"] == "ok")
 
 
 # --------------------------------------------------------------------------------------------

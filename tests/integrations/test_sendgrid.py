@@ -23,7 +23,7 @@ from vendorguard.integrations import sendgrid as vg_sg  # noqa: E402
 from vendorguard.integrations.sendgrid import SendGridAPIClient, wrap  # noqa: E402
 
 import vendorguard as vg  # noqa: E402
-from tests.conftest import sample  # noqa: E402
+from tests.conftest import sample, wait_until  # noqa: E402
 from tests.integrations.sg_fake import (  # noqa: E402
     BAD_REQUEST,
     DROP,
@@ -121,14 +121,6 @@ def attempts_of(events: list[vg.Event]) -> list[int]:
     return [e.attempts for e in events if isinstance(e, vg.events.CallEnded)]
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> bool:
-    """Bounded polling."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # --------------------------------------------------------------------------------------------
