@@ -5,9 +5,11 @@ the bundle out."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import vendorguard as vg
 from tests.services import REQUIRE_SERVICES_ENV, require_binary
 from vendorguard import cli
+from vendorguard.telemetry.metrics import families
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "monitoring"
@@ -37,7 +40,8 @@ METRIC = re.compile(r"\bvendorguard_[a-z0-9_]+")
 # -- helpers -------------------------------------------------------------------------------
 
 def exported_names() -> set[str]:
-    """Sample names a registry exposes after one successful and one failed guarded call."""
+    """Sample names a registry exposes after guarded calls, an outbox delivery and a flag
+    vendor's data age."""
     reg = CollectorRegistry()
     vendor = vg.Vendor("x", registry=reg, retry=None)
 
@@ -50,6 +54,13 @@ def exported_names() -> set[str]:
     call(False)
     with pytest.raises(ConnectionError):
         call(True)
+    with tempfile.TemporaryDirectory() as tmp:  # the outbox's series exist once one is in use
+        outbox = vg.Outbox(os.path.join(tmp, "outbox.db"), registry=reg)
+        outbox.register("x", "op", lambda payload: None)
+        outbox.enqueue("x", "op", {"n": 1})
+        outbox.drain()
+        outbox.close()
+    families(reg).flag_data_age.labels("x").set(0)  # set by the flag vendor integrations
     text = generate_latest(reg).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 
