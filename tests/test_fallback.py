@@ -487,15 +487,31 @@ def test_lastgood_otherwise_none_is_a_value(metrics: CollectorRegistry) -> None:
     assert guarded("a") is None
 
 
-def test_lastgood_does_not_remember_unhashable_args(metrics: CollectorRegistry) -> None:
-    """A call with unhashable arguments succeeds but is not remembered."""
+def test_lastgood_remembers_plain_data_args_by_value(metrics: CollectorRegistry) -> None:
+    """Dicts and lists (request params) are compared by value, at any depth."""
     lg = vg.LastGood()
     guarded, flaky = _lastgood(metrics, lg)
-    assert guarded(["a", "list"])[0] == "result"
+    good = guarded({"limit": 10, "expand": ["customer"]})
+    assert len(lg) == 1
+    flaky.failing = True
+    assert guarded({"expand": ["customer"], "limit": 10}) == good
+    with pytest.raises(Boom):
+        guarded({"limit": 11, "expand": ["customer"]})
+
+
+class _Unhashable:
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_lastgood_does_not_remember_unhashable_args(metrics: CollectorRegistry) -> None:
+    """A call with an argument that is neither hashable nor plain data is not remembered."""
+    lg = vg.LastGood()
+    guarded, flaky = _lastgood(metrics, lg)
+    assert guarded(_Unhashable())[0] == "result"
     assert len(lg) == 0
     flaky.failing = True
     with pytest.raises(Boom):
-        guarded(["a", "list"])
+        guarded(_Unhashable())
 
 
 def test_lastgood_custom_key(metrics: CollectorRegistry) -> None:

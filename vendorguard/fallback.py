@@ -114,8 +114,19 @@ def compile_fallback(fallback: Any) -> FallbackStrategy | None:
     return _Value(fallback)
 
 
+def _freeze(value: Any) -> Hashable:
+    """A hashable stand-in for plain data: dicts (e.g. request params) and lists included."""
+    if isinstance(value, dict):
+        return ("__dict__", tuple(sorted((k, _freeze(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze(v) for v in value)
+    return value  # type: ignore[no-any-return]
+
+
 def _default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-    return (args, tuple(sorted(kwargs.items()))) if kwargs else args
+    return _freeze((args, kwargs)) if kwargs else _freeze(args)
 
 
 class LastGood(FallbackStrategy):
@@ -126,8 +137,9 @@ class LastGood(FallbackStrategy):
         max_entries: how many argument sets are remembered (least recently used go first).
         otherwise: served when nothing fresh is remembered: a value or a callable taking a
             :class:`Failure`; absent, the failure is raised.
-        key: maps ``(args, kwargs)`` to a hashable key; calls with unhashable arguments
-            are not remembered by the default key.
+        key: maps ``(args, kwargs)`` to a hashable key. The default key compares plain
+            data by value (dicts and lists included); calls with other unhashable arguments
+            are not remembered.
     """
 
     remembers = True
@@ -157,7 +169,7 @@ class LastGood(FallbackStrategy):
         try:
             key = self._key(args, kwargs)
             hash(key)
-        except TypeError:
+        except TypeError:  # unhashable, or dict keys that cannot be sorted
             return None
         return key
 
