@@ -42,7 +42,7 @@ try:
     import slack_sdk
 except ImportError as exc:  # pragma: no cover - exercised only without the SDK
     raise ImportError("vendorguard.integrations.slack needs slack_sdk: "
-                      "pip install slack_sdk") from exc
+                      "pip install 'vendorguard[slack]'") from exc
 
 from prometheus_client import CollectorRegistry
 

@@ -363,6 +363,10 @@ class StripeClient(stripe.StripeClient):  # type: ignore[misc]
         self.vendorguard = guards
         _guard_services(self, guards)
 
+    def with_stripe_context(self, stripe_context: Any) -> Any:
+        """A client for another Stripe context, guarded by the same guards."""
+        return _Wrapped(super().with_stripe_context(stripe_context), self.vendorguard)
+
 
 class _Wrapped(wrapt.ObjectProxy):  # type: ignore[type-arg]
     """An existing client whose ``v1``/``v2`` service calls are guarded."""
