@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry
 from vendorguard.classify import Kind, Verdict
 from vendorguard.errors import BulkheadFullError, CircuitOpenError
 from vendorguard.policy import Policy
+from vendorguard.testing.faults import Translator, register_translator
 from vendorguard.timeouts import attempt_timeout
 
 from ._http import (
@@ -205,3 +206,22 @@ class AsyncGuardedTransport(_Common, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+class _Faults(Translator):
+    """Injected faults (:mod:`vendorguard.testing`) as httpx and the vendor would show them."""
+
+    def refused(self) -> BaseException:
+        return httpx.ConnectError("All connection attempts failed (injected)")
+
+    def timed_out(self) -> BaseException:
+        return httpx.ReadTimeout("timed out (injected)")
+
+    def status(self, code: int, retry_after: float | None) -> BaseException:
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        response = httpx.Response(code, headers=headers, json={"error": "injected"})
+        return StatusFailure(code, classify_status(code, response.headers)
+                             or Verdict(Kind.FATAL), response)
+
+
+register_translator(classify, _Faults())

@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry
 from vendorguard.classify import Kind, Verdict
 from vendorguard.errors import BulkheadFullError, CircuitOpenError
 from vendorguard.policy import Policy
+from vendorguard.testing.faults import Translator, register_translator
 from vendorguard.timeouts import attempt_timeout
 
 from ._http import (
@@ -176,3 +177,26 @@ def mount(session: requests.Session, adapter: GuardedAdapter,
     for prefix in prefixes:
         session.mount(prefix, adapter)
     return session
+
+
+class _Faults(Translator):
+    """Injected faults (:mod:`vendorguard.testing`) as requests and the vendor would show them."""
+
+    def refused(self) -> BaseException:
+        return _exc.ConnectionError(ConnectionRefusedError(111, "Connection refused (injected)"))
+
+    def timed_out(self) -> BaseException:
+        return _exc.ReadTimeout("Read timed out (injected)")
+
+    def status(self, code: int, retry_after: float | None) -> BaseException:
+        response = requests.Response()
+        response.status_code = code
+        response._content = b'{"error": "injected"}'
+        response.headers["Content-Type"] = "application/json"
+        if retry_after is not None:
+            response.headers["Retry-After"] = f"{retry_after:g}"
+        return StatusFailure(code, classify_status(code, response.headers)
+                             or Verdict(Kind.FATAL), response)
+
+
+register_translator(classify, _Faults())

@@ -34,7 +34,9 @@ Supported: sendgrid 6.x (python-http-client 3.x).
 
 from __future__ import annotations
 
+import email.message
 import http.client
+import io
 import logging
 import math
 import re
@@ -59,6 +61,7 @@ from vendorguard.fallback import MISSING, Failure, FallbackStrategy, NoFallback
 from vendorguard.policy import Backoff, Breaker, Policy, Retry, Timeout
 from vendorguard.registry import Vendor, get_or_create
 from vendorguard.retry import parse_retry_after
+from vendorguard.testing.faults import Translator, register_translator
 from vendorguard.timeouts import attempt_timeout
 
 __all__ = ["OPERATION", "POLICY", "SendGridAPIClient", "SendGuard", "classify", "wrap"]
@@ -313,3 +316,22 @@ def wrap(client: Any, **options: Any) -> Any:
     wrapped = _Wrapped(client, SendGuard(**options))
     wrapped.client  # noqa: B018 - binds the outbox's deliveries to this client's HTTP client
     return wrapped
+
+
+class _Faults(Translator):
+    """Injected faults (:mod:`vendorguard.testing`) as the SendGrid SDK would raise them."""
+
+    def refused(self) -> BaseException:
+        return urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    def status(self, code: int, retry_after: float | None) -> BaseException:
+        headers = email.message.Message()
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        body = io.BytesIO(b'{"errors": [{"message": "injected"}]}')
+        error = urllib.error.HTTPError("https://api.sendgrid.com/v3/mail/send", code,
+                                       "injected", headers, body)
+        return python_http_client.exceptions.handle_error(error)
+
+
+register_translator(classify, _Faults())

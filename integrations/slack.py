@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry
 from vendorguard.classify import Kind, Verdict
 from vendorguard.errors import BulkheadFullError, CircuitOpenError
 from vendorguard.policy import Policy
+from vendorguard.testing.faults import Translator, register_translator
 
 from ._http import POLICY, HostGuards, StatusFailure, bounded_timeout, classify_status
 
@@ -160,3 +161,20 @@ def wrap(client: Any, *, vendor: str = "slack", registry: CollectorRegistry | No
     guarded.__class__ = type("WebClient", (_Guarded, type(client)), {})
     guarded._vg_setup(vendor, registry, policy)
     return guarded
+
+
+class _Faults(Translator):
+    """Injected faults (:mod:`vendorguard.testing`) as slack_sdk and Slack would show them."""
+
+    def refused(self) -> BaseException:
+        return urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    def status(self, code: int, retry_after: float | None) -> BaseException:
+        error = "ratelimited" if code == 429 else "injected"
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        answer = {"status": code, "headers": headers,
+                  "body": json.dumps({"ok": False, "error": error})}
+        return StatusFailure(code, _answer_verdict(answer) or Verdict(Kind.FATAL), answer)
+
+
+register_translator(classify, _Faults())

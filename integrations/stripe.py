@@ -67,6 +67,7 @@ from vendorguard.pipeline import Guard, is_async_callable
 from vendorguard.policy import Backoff, Breaker, Policy, Retry, Timeout
 from vendorguard.registry import Vendor, get_or_create
 from vendorguard.retry import parse_retry_after
+from vendorguard.testing.faults import Translator, register_translator
 
 from ._http import bounded_timeout, connect_phase
 
@@ -409,3 +410,34 @@ def wrap(client: Any, **options: Any) -> Any:
 
 
 from ._stripe_global import instrument, uninstrument  # noqa: E402 - uses the names above
+
+
+class _Faults(Translator):
+    """Injected faults (:mod:`vendorguard.testing`) as the Stripe SDK would raise them."""
+
+    def refused(self) -> BaseException:
+        error = stripe.APIConnectionError("Unexpected error communicating with Stripe "
+                                          "(injected)", should_retry=True)
+        error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+        return error
+
+    def timed_out(self) -> BaseException:
+        error = stripe.APIConnectionError("Request timed out (injected)", should_retry=True)
+        error.__cause__ = TimeoutError("Read timed out")
+        return error
+
+    def status(self, code: int, retry_after: float | None) -> BaseException:
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        message = f"injected HTTP {code}"
+        kinds: dict[int, Any] = {400: stripe.InvalidRequestError, 404: stripe.InvalidRequestError,
+                                 401: stripe.AuthenticationError, 403: stripe.PermissionError,
+                                 429: stripe.RateLimitError}
+        if code == 402:
+            return stripe.CardError(message, None, "card_declined", http_status=402,
+                                    headers=headers)
+        if kinds.get(code) is stripe.InvalidRequestError:
+            return stripe.InvalidRequestError(message, None, http_status=code, headers=headers)
+        return kinds.get(code, stripe.APIError)(message, http_status=code, headers=headers)
+
+
+register_translator(classify, _Faults())

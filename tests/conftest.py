@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 import vendorguard
 from vendorguard import registry as _registry
 
+pytest_plugins = ["pytester", "vendorguard.testing.plugin"]
+
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 

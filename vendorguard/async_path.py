@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import events
 from .callstate import CALLER_ERROR, Call, Rejected, Stop, fallback_error
 from .errors import VendorTimeoutError
 from .fallback import NoFallback
@@ -95,6 +96,8 @@ async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
             raise g._bulkhead_full(call, gen)
         bound = g._rebound(call, gen)
     span = call.span.attempt_start(call.attempts + 1) if call.span and call.attempts else None
+    if events.faults is not None:
+        fn = events.faults(g, fn, True)
     began = perf()
     failed: Exception | None = None
     result: Any = None

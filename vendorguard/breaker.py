@@ -82,11 +82,19 @@ class _Listener(pybreaker.CircuitBreakerListener):
         self.circuit._mirror(_FROM_PYBREAKER[new_state.name])
 
 
+clock: Callable[[], float] = time.monotonic
+"""The time source of circuits built without their own (``vendorguard.testing`` fakes it)."""
+
+
+def _now() -> float:
+    return clock()
+
+
 class Circuit:
     """One circuit (per vendor, or per operation), its state mirrored for lock-free reads."""
 
     def __init__(self, policy: Breaker | None, *, vendor: str, name: str,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = _now,
                  on_transition: Callable[[str, str], None] | None = None,
                  on_announce: Callable[[str, str], None] | None = None) -> None:
         # Without a policy the circuit only carries runtime control (force_open, disable).

@@ -124,6 +124,9 @@ observers: tuple[Observer, ...] = ()
 tracer: Any = None
 """The span tracer (:class:`vendorguard.telemetry.tracing.SpanTracer`), or None."""
 watching = False
+faults: Any = None
+"""While a fault injection is active (:mod:`vendorguard.testing`): ``(guard, fn, is_async)``
+returning the callable an attempt calls instead of ``fn``; otherwise None."""
 _lock = threading.Lock()
 
 

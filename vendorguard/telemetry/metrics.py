@@ -57,9 +57,14 @@ _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Families] = (
     weakref.WeakKeyDictionary())
 
 
+default_registry: CollectorRegistry = REGISTRY
+"""Where vendors built without a ``registry`` put their metrics (a test may swap it)."""
+
+
 def families(registry: CollectorRegistry | None = None) -> Families:
-    """The vendorguard metric families registered in ``registry`` (default: the global one)."""
-    reg = REGISTRY if registry is None else registry
+    """The vendorguard metric families registered in ``registry`` (default:
+    :data:`default_registry`, prometheus-client's global one)."""
+    reg = default_registry if registry is None else registry
     with _lock:
         found = _by_registry.get(reg)
         if found is None:

@@ -30,10 +30,10 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from . import tracing
+from . import metrics, tracing
 
 __all__ = ["make_asgi_app", "make_wsgi_app", "start_http_server"]
 
@@ -119,7 +119,7 @@ def _metrics(registry: CollectorRegistry | None) -> CollectorRegistry:
         fresh = CollectorRegistry()
         multiprocess.MultiProcessCollector(fresh)  # type: ignore[no-untyped-call]
         return fresh
-    return REGISTRY if registry is None else registry
+    return metrics.default_registry if registry is None else registry
 
 
 def _json(value: Any) -> bytes:
