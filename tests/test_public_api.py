@@ -21,7 +21,7 @@ CONTRACT = [
     "Vendor", "Timeout", "Retry", "Backoff", "RetryBudget", "Breaker", "Bulkhead", "Policy",
     "guard", "vendors", "vendor", "deadline", "LastGood", "Failure", "VendorError",
     "CircuitOpenError", "VendorTimeoutError", "BulkheadFullError", "FallbackError",
-    "testing_mode",
+    "testing_mode", "discover", "undiscover",
 ]
 SUBCLASSES = [vg.CircuitOpenError, vg.VendorTimeoutError, vg.BulkheadFullError,
               vg.FallbackError]

@@ -15,6 +15,7 @@ Prometheus metrics::
 from __future__ import annotations
 
 from .classify import Kind, Verdict, default_classifier
+from .discovery import discover, undiscover
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -64,11 +65,13 @@ __all__ = [
     "add_observer",
     "deadline",
     "default_classifier",
+    "discover",
     "guard",
     "health",
     "parse_retry_after",
     "remove_observer",
     "testing_mode",
+    "undiscover",
     "vendor",
     "vendors",
 ]

@@ -96,8 +96,8 @@ async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
             raise g._bulkhead_full(call, gen)
         bound = g._rebound(call, gen)
     span = call.span.attempt_start(call.attempts + 1) if call.span and call.attempts else None
-    if events.faults is not None:
-        fn = events.faults(g, fn, True)
+    if events.attempt_hook is not None:
+        fn = events.attempt_hook(g, fn, True)
     began = perf()
     failed: Exception | None = None
     result: Any = None

@@ -94,10 +94,33 @@ def add_monitoring(commands: Commands) -> None:
     export.set_defaults(handler=monitoring_export)
 
 
+# -- vendorguard discover -------------------------------------------------------------------
+
+def discover_run(args: argparse.Namespace) -> int:
+    from .discovery import run_command
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return run_command(command)
+
+
+def add_discover(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "discover", help="run a Python program and list the vendors it called",
+        description="Run a Python program (a script, -m module, or pytest) with discovery on, "
+                    "then print the hosts it sent HTTP requests to and which requests no "
+                    "guard covered. Example: vendorguard discover -- python app.py")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the program and its arguments")
+    parser.set_defaults(handler=discover_run)
+
+
 # -- the command line ----------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_monitoring,
+    add_discover,
 )
 
 

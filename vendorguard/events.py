@@ -124,10 +124,42 @@ observers: tuple[Observer, ...] = ()
 tracer: Any = None
 """The span tracer (:class:`vendorguard.telemetry.tracing.SpanTracer`), or None."""
 watching = False
-faults: Any = None
-"""While a fault injection is active (:mod:`vendorguard.testing`): ``(guard, fn, is_async)``
-returning the callable an attempt calls instead of ``fn``; otherwise None."""
+attempt_hook: Any = None
+"""While fault injection (:mod:`vendorguard.testing`) or discovery is on: ``(guard, fn,
+is_async)`` returning the callable an attempt calls instead of ``fn``; otherwise None."""
+_hooks: tuple[Callable[[Any, Any, bool], Any], ...] = ()
 _lock = threading.Lock()
+
+
+def add_attempt_hook(hook: Callable[[Any, Any, bool], Any]) -> None:
+    """Route every attempt's callable through ``hook`` (guards take their general path)."""
+    global _hooks
+    with _lock:
+        if hook not in _hooks:
+            _hooks = (*_hooks, hook)
+        _chain()
+
+
+def remove_attempt_hook(hook: Callable[[Any, Any, bool], Any]) -> None:
+    global _hooks
+    with _lock:
+        _hooks = tuple(h for h in _hooks if h != hook)
+        _chain()
+
+
+def _chain() -> None:
+    global attempt_hook
+    hooks = _hooks
+    if len(hooks) <= 1:
+        attempt_hook = hooks[0] if hooks else None
+        return
+
+    def chained(guard: Any, fn: Any, is_async: bool) -> Any:
+        for hook in hooks:
+            fn = hook(guard, fn, is_async)
+        return fn
+
+    attempt_hook = chained
 
 
 def set_tracer(new: Any) -> None:

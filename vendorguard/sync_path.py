@@ -51,7 +51,7 @@ def compile_sync(g: Guard) -> Run:
     ev = events
 
     def run_sync(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if ev.observers or get_deadline() is not None or ev.faults is not None:
+        if ev.observers or get_deadline() is not None or ev.attempt_hook is not None:
             pass
         elif circuit.state is CLOSED and inline:
             tracer = ev.tracer
@@ -190,8 +190,8 @@ def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
             raise g._bulkhead_full(call, gen)
         bound = g._rebound(call, gen)
     span = call.span.attempt_start(call.attempts + 1) if call.span and call.attempts else None
-    if events.faults is not None:
-        fn = events.faults(g, fn, False)
+    if events.attempt_hook is not None:
+        fn = events.attempt_hook(g, fn, False)
     began = perf()
     held = slots is not None
     failed: Exception | None = None

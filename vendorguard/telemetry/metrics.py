@@ -50,6 +50,7 @@ class Families:
     outbox_pending: Gauge
     outbox_delivered: Counter
     outbox_dead: Counter
+    outbound: Counter
 
 
 _lock = threading.Lock()
@@ -114,6 +115,9 @@ def _create(reg: CollectorRegistry) -> Families:
         outbox_dead=Counter("vendorguard_outbox_dead",
                             "Messages the outbox gave up on (dead letters).", ("vendor",),
                             registry=reg),
+        outbound=Counter("vendorguard_outbound_requests",
+                         "Outbound HTTP requests seen by discovery, by host and whether a "
+                         "guard covered them.", ("host", "guarded"), registry=reg),
     )
 
 

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -107,6 +108,9 @@ def _health() -> dict[str, Any]:
     """The health report, looked up at call time (so tests and reloads see the current one)."""
     module = importlib.import_module("vendorguard.telemetry.health")
     report: dict[str, Any] = module.health()
+    discovery = sys.modules.get("vendorguard.discovery")
+    if discovery is not None and discovery.active():
+        report["outbound"] = discovery.report()
     return report
 
 

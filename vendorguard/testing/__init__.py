@@ -93,7 +93,7 @@ def _injecting(vendor: str, fault: Fault, operation: str | None) -> Iterator[Fau
     entry = (vendor, operation, fault, _Stop())
     with _lock:
         _active.append(entry)
-        events.faults = _apply
+        events.add_attempt_hook(_apply)
     _log.warning("vendorguard: injecting %s into %s%s", fault.kind, vendor,
                  f" {operation}" if operation else "")
     try:
@@ -103,7 +103,7 @@ def _injecting(vendor: str, fault: Fault, operation: str | None) -> Iterator[Fau
         with _lock:
             _active.remove(entry)
             if not _active:
-                events.faults = None
+                events.remove_attempt_hook(_apply)
         _log.warning("vendorguard: %s injection into %s ended", fault.kind, vendor)
 
 
