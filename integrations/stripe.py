@@ -61,7 +61,7 @@ import wrapt
 from prometheus_client import CollectorRegistry
 
 from vendorguard.classify import Kind, Verdict
-from vendorguard.errors import BulkheadFullError, CircuitOpenError
+from vendorguard.errors import BulkheadFullError, CircuitOpenError, VendorTimeoutError
 from vendorguard.fallback import MISSING
 from vendorguard.pipeline import Guard, is_async_callable
 from vendorguard.policy import Backoff, Breaker, Policy, Retry, Timeout
@@ -194,6 +194,8 @@ def classify(exc: Exception) -> Kind | Verdict:
             return Kind.FATAL
         kind = Kind.TRANSIENT if _resendable() else Kind.AMBIGUOUS
         return Verdict(kind, _retry_after(exc))
+    if isinstance(exc, VendorTimeoutError):  # an async attempt cancelled at its bound
+        return Verdict(Kind.TRANSIENT if _resendable() else Kind.AMBIGUOUS, None, True)
     if isinstance(exc, (CircuitOpenError, BulkheadFullError)):
         return Kind.TRANSIENT
     if isinstance(exc, (TypeError, ValueError)):
@@ -268,7 +270,7 @@ class StripeGuards:
                 token = _current.set(call)
                 try:
                     return await run_async(method, args, kwargs)
-                except stripe.StripeError as exc:
+                except (stripe.StripeError, VendorTimeoutError) as exc:
                     _note_key(exc, call)
                     raise
                 finally:
@@ -282,7 +284,7 @@ class StripeGuards:
             token = _current.set(call)
             try:
                 return run(method, args, kwargs)
-            except stripe.StripeError as exc:
+            except (stripe.StripeError, VendorTimeoutError) as exc:
                 _note_key(exc, call)
                 raise
             finally:
@@ -385,8 +387,7 @@ class _Wrapped(wrapt.ObjectProxy):  # type: ignore[type-arg]
         for name, path in (("v1", ()), ("v2", ("v2",))):
             service = getattr(client, name, None)
             if isinstance(service, StripeService):
-                object.__setattr__(self, "_self_" + name,
-                                   _Service(type(service)(own), guards, path))
+                setattr(self, "_self_" + name, _Service(type(service)(own), guards, path))
 
     @property
     def vendorguard(self) -> StripeGuards:
