@@ -212,3 +212,24 @@ def test_discover_cli_needs_a_program() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "give a program" in done.stderr
+
+
+def test_aiohttp_is_seen(fake: FakeVendor, on: CollectorRegistry) -> None:
+    """aiohttp's ClientSession requests are recorded, guarded or not."""
+    aiohttp = pytest.importorskip("aiohttp")
+    chat = vg.Vendor("chat", registry=on)
+
+    @chat.guard("post")
+    async def guarded(session: object) -> int:
+        async with session.post(fake.url + "/p", json={}) as response:  # type: ignore[attr-defined]
+            return int(response.status)
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            assert await guarded(session) == 200
+            async with session.get(fake.url + "/g") as response:
+                assert response.status == 200
+
+    asyncio.run(run())
+    row = _host("127.0.0.1")
+    assert (row["requests"], row["guarded"], row["vendors"]) == (2, 1, ["chat"])
