@@ -87,18 +87,22 @@ def _retry_after(headers: Any) -> float | None:
     return parse_retry_after(value)
 
 
+_CONNECTING = frozenset({"ConnectTimeout", "NewConnectionError", "ConnectError",
+                         "ClientConnectorError", "ConnectionRefusedError", "gaierror"})
+_SENT = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError", "ProtocolError",
+                   "ServerDisconnectedError", "RemoteDisconnected"})
+
+
 def connect_phase(exc: BaseException | None) -> bool:
     """Whether a transport error (requests, urllib3, httpx, aiohttp, socket) happened while
     connecting, before any of the request was sent: found by the exception chain's types."""
     seen = 0
     while exc is not None and seen < 8:
         seen += 1
-        name = type(exc).__name__
-        if name in ("ConnectTimeout", "NewConnectionError", "ConnectError",
-                    "ClientConnectorError", "ConnectionRefusedError"):
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & _CONNECTING:
             return True
-        if name in ("ReadTimeout", "ReadError", "RemoteProtocolError", "ProtocolError",
-                    "ServerDisconnectedError", "RemoteDisconnected"):
+        if names & _SENT:
             return False
         reason = getattr(exc, "reason", None)
         nested = reason if isinstance(reason, BaseException) else next(

@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without httpx
 from prometheus_client import CollectorRegistry
 
 from vendorguard.classify import Kind, Verdict
-from vendorguard.errors import BulkheadFullError, CircuitOpenError
+from vendorguard.errors import BulkheadFullError, CircuitOpenError, VendorTimeoutError
 from vendorguard.policy import Policy
 from vendorguard.testing.faults import Translator, register_translator
 from vendorguard.timeouts import attempt_timeout
@@ -70,8 +70,8 @@ def classify(exc: Exception) -> Kind | Verdict:
         return exc.verdict
     if isinstance(exc, _NOT_SENT):
         return Verdict(Kind.TRANSIENT, None, isinstance(exc, httpx.TimeoutException))
-    if isinstance(exc, httpx.TimeoutException):  # read, write: the request (partly) went out
-        return Verdict(Kind.AMBIGUOUS, None, True)
+    if isinstance(exc, (httpx.TimeoutException, VendorTimeoutError)):
+        return Verdict(Kind.AMBIGUOUS, None, True)  # read, write, cut: the request went out
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError,
                         httpx.InvalidURL, TypeError, ValueError)):
         return Kind.CALLER_ERROR

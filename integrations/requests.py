@@ -87,10 +87,18 @@ def _bounded(timeout: Any) -> Any:
     bound = attempt_timeout()
     if bound is None:
         return timeout
-    if isinstance(timeout, Urllib3Timeout):
-        return Urllib3Timeout(connect=clamp(timeout.connect_timeout, bound),
-                              read=clamp(timeout.read_timeout, bound))
+    if isinstance(timeout, Urllib3Timeout):  # its raw parts: reading read_timeout may raise
+        total = timeout.total
+        return Urllib3Timeout(connect=clamp(_seconds(getattr(timeout, "_connect", None)), bound),
+                              read=clamp(_seconds(getattr(timeout, "_read", None)), bound),
+                              total=None if total is None else min(total, bound))
     return clamp(timeout, bound)
+
+
+def _seconds(value: Any) -> float | None:
+    """A urllib3 timeout part as seconds, ``None`` for no bound (or urllib3's default)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def _replayable(request: requests.PreparedRequest) -> None:

@@ -85,9 +85,12 @@ def _answer_verdict(response: dict[str, Any]) -> Verdict | None:
     if not isinstance(body, str) or '"ok":false' not in body.replace(" ", ""):
         return None
     try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
+        data = json.loads(body)
+    except ValueError:
         return None
+    if not isinstance(data, dict) or data.get("ok") is not False:
+        return None  # a success (a nested "ok": false is the message's business)
+    error = data.get("error")
     if error == "ratelimited":
         return Verdict(Kind.TRANSIENT)
     return Verdict(Kind.FATAL if error in _FAILURES else Kind.CALLER_ERROR)
@@ -145,7 +148,8 @@ class WebClient(_Guarded, slack_sdk.WebClient):  # type: ignore[misc]
     def __init__(self, *args: Any, vendor: str = "slack",
                  registry: CollectorRegistry | None = None, policy: Policy = POLICY,
                  **kwargs: Any) -> None:
-        kwargs.setdefault("retry_handlers", [])
+        if kwargs.get("retry_handlers") is None:  # the SDK's default would resend posts
+            kwargs["retry_handlers"] = []
         self._vg_setup(vendor, registry, policy)
         super().__init__(*args, **kwargs)
 

@@ -12,7 +12,7 @@ from . import events
 from .callstate import CALLER_ERROR, Call, Rejected, Stop, fallback_error
 from .errors import VendorTimeoutError
 from .fallback import NoFallback
-from .timeouts import AttemptTimedOut, _deadline, run_async
+from .timeouts import AttemptTimedOut, _attempt_bound, _deadline, run_async
 
 if TYPE_CHECKING:
     from .pipeline import Guard
@@ -101,6 +101,7 @@ async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
     began = perf()
     failed: Exception | None = None
     result: Any = None
+    bound_token = None if bound is None else _attempt_bound.set(bound)
     try:
         if bound is None:
             result = await fn(*args, **kwargs)
@@ -116,6 +117,8 @@ async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
             call.span.attempt_end(span, None)
         raise
     finally:
+        if bound_token is not None:
+            _attempt_bound.reset(bound_token)
         if slots is not None:
             slots.release()
     if span is not None:

@@ -79,8 +79,9 @@ def remaining() -> float | None:
 
 
 def attempt_timeout() -> float | None:
-    """The bound for the current attempt, for callables that enforce it themselves (guards
-    with ``timeout_mode="caller"``, e.g. by setting their HTTP client's socket timeout)."""
+    """The bound for the current attempt, for callables that enforce it themselves (sync
+    guards with ``timeout_mode="caller"``, e.g. by setting their HTTP client's socket timeout).
+    Async attempts see it too, although they are also cancelled at it."""
     return _attempt_bound.get()
 
 
