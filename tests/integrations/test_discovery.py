@@ -233,3 +233,52 @@ def test_aiohttp_is_seen(fake: FakeVendor, on: CollectorRegistry) -> None:
     asyncio.run(run())
     row = _host("127.0.0.1")
     assert (row["requests"], row["guarded"], row["vendors"]) == (2, 1, ["chat"])
+
+
+def test_failed_httpx_and_aiohttp_requests_are_errors(on: CollectorRegistry) -> None:
+    """Requests that cannot connect are recorded as errors by every instrumented client."""
+    aiohttp = pytest.importorskip("aiohttp")
+    url = refused_url()
+
+    async def run() -> None:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url + "/a")
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await session.get(url + "/b")
+
+    with httpx.Client() as client, pytest.raises(httpx.ConnectError):
+        client.get(url + "/c")
+    asyncio.run(run())
+    row = _host("127.0.0.1")
+    assert (row["requests"], row["errors"], row["unguarded"]) == (3, 3, 3)
+
+
+def test_run_command_in_process(fake: FakeVendor, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_command runs a script, or a module with -m, with discovery on only while it runs,
+    and prints the table; a crashing program gives status 1 and still a table."""
+    import io
+
+    discovery.reset()
+    (tmp_path / "calls.py").write_text(
+        "import sys, requests\n"
+        f"requests.get({fake.url!r} + '/s', timeout=5)\n"
+        "print('argv', sys.argv[1:])\n")
+    (tmp_path / "crashes.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = io.StringIO()
+    assert discovery.run_command(["python", str(tmp_path / "calls.py"), "x"], out=out) == 0
+    assert not discovery.active()
+    assert "127.0.0.1" in out.getvalue()
+    assert "<- unguarded" in out.getvalue()
+    out = io.StringIO()
+    assert discovery.run_command(["-m", "calls"], out=out) == 0
+    assert _host("127.0.0.1")["requests"] == 2
+    out = io.StringIO()
+    assert discovery.run_command([str(tmp_path / "crashes.py")], out=out) == 1
+    assert "outbound HTTP requests" in out.getvalue()
+    assert discovery.run_command(["python"], out=io.StringIO()) == 2
+    assert discovery.run_command(["-m"], out=io.StringIO()) == 2
+    discovery.reset()
