@@ -96,10 +96,11 @@ class RequestsClient(stripe.RequestsClient):  # type: ignore[misc]
 class _Call:
     """One logical call: its idempotency key, shared by every attempt."""
 
-    __slots__ = ("key", "keyed", "keys", "method")
+    __slots__ = ("key", "keyed", "keys", "method", "read")
 
-    def __init__(self, keys: bool) -> None:
+    def __init__(self, keys: bool, read: bool = False) -> None:
         self.keys = keys
+        self.read = read
         self.key: str | None = None
         self.keyed = False
         self.method: str | None = None
@@ -261,12 +262,12 @@ class StripeGuards:
 
     def bind(self, operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
         """``method`` (a service method) guarded as ``operation``."""
-        guard, keys = self.guard(operation), self.idempotency_keys
+        guard, keys, read = self.guard(operation), self.idempotency_keys, _is_read(operation)
         if is_async_callable(method):
             run_async = guard.run_async
 
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                call = _Call(keys)
+                call = _Call(keys, read)
                 token = _current.set(call)
                 try:
                     return await run_async(method, args, kwargs)
@@ -280,7 +281,7 @@ class StripeGuards:
         run = guard.run_sync
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            call = _Call(keys)
+            call = _Call(keys, read)
             token = _current.set(call)
             try:
                 return run(method, args, kwargs)
@@ -414,20 +415,31 @@ from ._stripe_global import instrument, uninstrument  # noqa: E402 - uses the na
 
 
 class _Faults(Translator):
-    """Injected faults (:mod:`vendorguard.testing`) as the Stripe SDK would raise them."""
+    """Injected faults (:mod:`vendorguard.testing`) as the Stripe SDK would raise them.
+
+    An injected attempt sends nothing, so the call's method and key are settled here as the
+    requestor would have: writes are POSTs with the call's key (unless keys are off)."""
+
+    def prepare(self) -> None:
+        call = _current.get()
+        if call is not None and call.method is None:
+            _prepare("get" if call.read else "post", None)
 
     def refused(self) -> BaseException:
+        self.prepare()
         error = stripe.APIConnectionError("Unexpected error communicating with Stripe "
                                           "(injected)", should_retry=True)
         error.__cause__ = ConnectionRefusedError(111, "Connection refused")
         return error
 
     def timed_out(self) -> BaseException:
+        self.prepare()
         error = stripe.APIConnectionError("Request timed out (injected)", should_retry=True)
         error.__cause__ = TimeoutError("Read timed out")
         return error
 
     def status(self, code: int, retry_after: float | None) -> BaseException:
+        self.prepare()
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
         message = f"injected HTTP {code}"
         kinds: dict[int, Any] = {400: stripe.InvalidRequestError, 404: stripe.InvalidRequestError,

@@ -49,10 +49,15 @@ Classifier = Callable[[Exception], "Kind | Verdict"]
 def default_classifier(exc: Exception) -> Kind | Verdict:
     """Classify exceptions from plain Python callables.
 
-    ``TypeError`` is a caller error (a wrong call); a refused connection is transient (nothing
-    was sent); other connection failures and timeouts are ambiguous (the vendor may have
-    acted); an inner guard's open circuit is fatal for this call; anything else is transient.
+    An exception carrying its own ``vendorguard_verdict`` (a :class:`Verdict`, as injected
+    faults do) gets it. ``TypeError`` is a caller error (a wrong call); a refused connection is
+    transient (nothing was sent); other connection failures and timeouts are ambiguous (the
+    vendor may have acted); an inner guard's open circuit is fatal for this call; anything
+    else is transient.
     """
+    own = getattr(exc, "vendorguard_verdict", None)
+    if isinstance(own, Verdict):
+        return own
     if isinstance(exc, TypeError):
         return Kind.CALLER_ERROR
     if isinstance(exc, ConnectionRefusedError):

@@ -226,7 +226,7 @@ def test_hang_is_bounded_by_the_attempt_timeout(sg: SendGridAPIClient, fake: Fak
     assert type(raised.value) is TimeoutError  # the SDK's bare socket timeout, unchanged
     assert ATTEMPT * 0.9 <= took < ATTEMPT + 0.5
     assert vendor._pool is None  # no worker thread: the SDK's own socket timeout bounded it
-    assert not [t for t in threading.enumerate() if t.name.startswith("vendorguard-")]
+    assert not [t for t in threading.enumerate() if t.name == f"vendorguard-{vendor.name}"]
     assert fake.count() == 1
     assert all_retries(metrics) == 0
     assert calls(metrics, "timeout") == 1

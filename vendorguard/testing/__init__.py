@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ __all__ = ["Fault", "InjectedStatus", "Translator", "disable", "enable", "enable
            "flapping", "hang", "inject", "latency", "outage", "register_translator", "status"]
 
 _log = logging.getLogger("vendorguard")
+_NAME = re.compile(r"[a-z0-9_.-]+")
 _lock = threading.Lock()
 _active: list[tuple[str, str | None, Fault, _Stop]] = []
 _switch = {"on": os.environ.get("VENDORGUARD_FAULTS", "") == "1"}
@@ -83,8 +85,8 @@ def _injecting(vendor: str, fault: Fault, operation: str | None) -> Iterator[Fau
         raise RuntimeError("vendorguard fault injection is off outside tests: call "
                            "vendorguard.testing.enable() (or set VENDORGUARD_FAULTS=1) to "
                            "run a game day")
-    if not isinstance(vendor, str) or not vendor:
-        raise ValueError(f"vendor must be a vendor name, got {vendor!r}")
+    if not isinstance(vendor, str) or not _NAME.fullmatch(vendor):
+        raise ValueError(f"vendor must be a vendor name ([a-z0-9_.-]+), got {vendor!r}")
     if not isinstance(fault, Fault):
         raise TypeError(f"fault must be built by vendorguard.testing (outage(), ...), "
                         f"got {fault!r}")

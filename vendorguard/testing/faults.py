@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..classify import Kind, Verdict
 from ..timeouts import attempt_timeout, remaining
 
 __all__ = ["Fault", "Translator", "errors", "flapping", "hang", "latency", "outage",
@@ -27,12 +28,19 @@ HANG_LIMIT = 300.0
 
 
 class InjectedStatus(Exception):
-    """An HTTP-style failure injected into a plain callable (no vendor translator)."""
+    """An HTTP-style failure injected into a plain callable (no vendor translator), classified
+    as an HTTP answer would be: 429/503/408 transient (after ``retry_after``), other 4xx caller
+    errors, other 5xx ambiguous."""
 
     def __init__(self, code: int, retry_after: float | None = None) -> None:
         super().__init__(f"injected HTTP {code}")
         self.status_code = code
         self.retry_after = retry_after
+        if code in (429, 503, 408):
+            kind = Kind.TRANSIENT
+        else:
+            kind = Kind.CALLER_ERROR if code < 500 else Kind.AMBIGUOUS
+        self.vendorguard_verdict = Verdict(kind, retry_after)
 
 
 class Translator:
@@ -152,8 +160,10 @@ class Fault:
 
 
 def _seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value <= HANG_LIMIT):
+        raise ValueError(f"{name} must be a number of seconds between 0 and {HANG_LIMIT:g}, "
+                         f"got {value!r}")
     return float(value)
 
 
