@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from vendorguard.classify import Kind, Verdict
@@ -24,7 +24,8 @@ from vendorguard.retry import parse_retry_after
 from vendorguard.timeouts import attempt_timeout
 
 __all__ = ["IDEMPOTENT_METHODS", "POLICY", "HostGuards", "Operation", "StatusFailure",
-           "bounded_timeout", "clamp", "classify_status", "connect_phase"]
+           "bounded_timeout", "clamp", "classify_status", "connect_phase", "failure", "judged",
+           "run", "run_async"]
 
 POLICY = Policy(timeout=Timeout(attempt=10.0, total=30.0),
                 retry=Retry(attempts=3, backoff=Backoff(initial=0.2, maximum=5.0)),
@@ -56,6 +57,37 @@ class StatusFailure(Exception):
         self.status = status
         self.verdict = verdict
         self.response = response
+
+
+def judged(response: Any, status: int, headers: Any) -> Any:
+    """``response`` when the guard counts it as a success; else raises
+    :class:`StatusFailure` carrying it."""
+    verdict = classify_status(status, headers)
+    if verdict is None:
+        return response
+    raise StatusFailure(status, verdict, response)
+
+
+def failure(status: int, headers: Any, response: Any) -> StatusFailure:
+    """The :class:`StatusFailure` for an answer with a failing ``status`` (fault injection)."""
+    return StatusFailure(status, classify_status(status, headers) or _CALLER, response)
+
+
+def run(guard: Guard, attempt: Callable[[], Any]) -> Any:
+    """``attempt()`` through ``guard``; the vendor's last answer when the guard gives up on
+    an answer (a status failure), the guard's or transport's exception otherwise."""
+    try:
+        return guard.run_sync(attempt, (), {})
+    except StatusFailure as failed:
+        return failed.response
+
+
+async def run_async(guard: Guard, attempt: Callable[[], Awaitable[Any]]) -> Any:
+    """The async twin of :func:`run`."""
+    try:
+        return await guard.run_async(attempt, (), {})
+    except StatusFailure as failed:
+        return failed.response
 
 
 def classify_status(status: int, headers: Any) -> Verdict | None:
@@ -160,7 +192,10 @@ class HostGuards:
     def __init__(self, vendors: Mapping[str, str] | None, default: str | None,
                  classifier: Callable[[Exception], Kind | Verdict], *,
                  operation: Operation | None = None, registry: Any = None,
-                 policy: Policy = POLICY) -> None:
+                 policy: Policy = POLICY, idempotency_header: str | None = None) -> None:
+        if idempotency_header is not None and not isinstance(idempotency_header, str):
+            raise TypeError(f"idempotency_header must be a header name or None, "
+                            f"got {idempotency_header!r}")
         mapping = dict(vendors or {})
         for host, name in mapping.items():
             if not isinstance(host, str) or not host:
@@ -174,6 +209,7 @@ class HostGuards:
         self._keys = sorted(((_host_key(h), n) for h, n in mapping.items()),
                             key=lambda item: -len(item[0]))
         self.default = default
+        self.idempotency_header = idempotency_header
         self.classifier = classifier
         self.operation = operation
         self.registry = registry
@@ -199,6 +235,17 @@ class HostGuards:
         if len(self._hosts) < _MAX_HOSTS:
             self._hosts[host] = name
         return name
+
+    def for_request(self, method: str, host: str | None, path: str,
+                    headers: Mapping[str, str]) -> Guard | None:
+        """The guard of one request, or ``None`` to send it unguarded. A request is safe to
+        resend when its method is idempotent or it carries the idempotency header."""
+        vendor = self.vendor_for(host)
+        if vendor is None:
+            return None
+        header = self.idempotency_header
+        safe = method in IDEMPOTENT_METHODS or (header is not None and header in headers)
+        return self.guard_for(vendor, method, host or "", path, safe)
 
     def guard_for(self, vendor: str, method: str, host: str, path: str, safe: bool) -> Guard:
         op = self.operation(method, host, path) if self.operation else method.lower()

@@ -34,6 +34,7 @@ Turn off retries of the SDK above (``max_retries=0``), or both layers retry.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 try:
     import httpx
@@ -50,12 +51,14 @@ from vendorguard.testing.faults import Translator, register_translator
 from vendorguard.timeouts import attempt_timeout
 
 from ._http import (
-    IDEMPOTENT_METHODS,
     POLICY,
     HostGuards,
     Operation,
     StatusFailure,
-    classify_status,
+    failure,
+    judged,
+    run,
+    run_async,
 )
 
 __all__ = ["POLICY", "AsyncGuardedTransport", "GuardedTransport", "classify"]
@@ -95,24 +98,19 @@ def _bound(request: httpx.Request, own: dict[str, float | None]) -> None:
     request.extensions = {**request.extensions, "timeout": clamped}
 
 
-class _Common:
-    def __init__(self, vendors: Mapping[str, str] | None, default: str | None,
-                 operation: Operation | None, idempotency_header: str | None,
-                 registry: CollectorRegistry | None, policy: Policy) -> None:
-        if idempotency_header is not None and not isinstance(idempotency_header, str):
-            raise TypeError(f"idempotency_header must be a header name or None, "
-                            f"got {idempotency_header!r}")
-        self.hosts = HostGuards(vendors, default, classify, operation=operation,
-                                registry=registry, policy=policy)
-        self.idempotency_header = idempotency_header
-
-    def _safe(self, request: httpx.Request) -> bool:
-        header = self.idempotency_header
-        return request.method in IDEMPOTENT_METHODS or (
-            header is not None and header in request.headers)
+def _hosts(vendors: Mapping[str, str] | None, default: str | None,
+           operation: Operation | None, idempotency_header: str | None,
+           registry: CollectorRegistry | None, policy: Policy) -> HostGuards:
+    return HostGuards(vendors, default, classify, operation=operation, registry=registry,
+                      policy=policy, idempotency_header=idempotency_header)
 
 
-class GuardedTransport(_Common, httpx.BaseTransport):
+def _guard(hosts: HostGuards, request: httpx.Request) -> Any:
+    url = request.url
+    return hosts.for_request(request.method, url.host, url.path, request.headers)
+
+
+class GuardedTransport(httpx.BaseTransport):
     """An httpx transport that guards the requests to mapped hosts.
 
     Args:
@@ -131,16 +129,13 @@ class GuardedTransport(_Common, httpx.BaseTransport):
                  operation: Operation | None = None,
                  idempotency_header: str | None = "Idempotency-Key",
                  registry: CollectorRegistry | None = None, policy: Policy = POLICY) -> None:
-        super().__init__(vendors, default, operation, idempotency_header, registry, policy)
+        self.hosts = _hosts(vendors, default, operation, idempotency_header, registry, policy)
         self.transport = transport if transport is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        vendor = self.hosts.vendor_for(url.host)
-        if vendor is None:
+        guard = _guard(self.hosts, request)
+        if guard is None:
             return self.transport.handle_request(request)
-        guard = self.hosts.guard_for(vendor, request.method, url.host, url.path,
-                                     self._safe(request))
         request.read()  # a retry must be able to resend the body
         inner, own = self.transport, _timeouts(request)
         last: list[httpx.Response] = []
@@ -150,22 +145,16 @@ class GuardedTransport(_Common, httpx.BaseTransport):
                 last.pop().close()
             _bound(request, own)
             response = inner.handle_request(request)
-            verdict = classify_status(response.status_code, response.headers)
-            if verdict is None:
-                return response
             last.append(response)
-            raise StatusFailure(response.status_code, verdict, response)
+            return judged(response, response.status_code, response.headers)
 
-        try:
-            return guard.run_sync(attempt, (), {})  # type: ignore[no-any-return]
-        except StatusFailure as failure:
-            return failure.response  # type: ignore[no-any-return]
+        return run(guard, attempt)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.transport.close()
 
 
-class AsyncGuardedTransport(_Common, httpx.AsyncBaseTransport):
+class AsyncGuardedTransport(httpx.AsyncBaseTransport):
     """The async twin of :class:`GuardedTransport` (same arguments; ``transport`` defaults to
     a new ``httpx.AsyncHTTPTransport()``); attempts are also cancelled at their bound."""
 
@@ -174,16 +163,13 @@ class AsyncGuardedTransport(_Common, httpx.AsyncBaseTransport):
                  operation: Operation | None = None,
                  idempotency_header: str | None = "Idempotency-Key",
                  registry: CollectorRegistry | None = None, policy: Policy = POLICY) -> None:
-        super().__init__(vendors, default, operation, idempotency_header, registry, policy)
+        self.hosts = _hosts(vendors, default, operation, idempotency_header, registry, policy)
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        vendor = self.hosts.vendor_for(url.host)
-        if vendor is None:
+        guard = _guard(self.hosts, request)
+        if guard is None:
             return await self.transport.handle_async_request(request)
-        guard = self.hosts.guard_for(vendor, request.method, url.host, url.path,
-                                     self._safe(request))
         await request.aread()
         inner, own = self.transport, _timeouts(request)
         last: list[httpx.Response] = []
@@ -193,16 +179,10 @@ class AsyncGuardedTransport(_Common, httpx.AsyncBaseTransport):
                 await last.pop().aclose()
             _bound(request, own)
             response = await inner.handle_async_request(request)
-            verdict = classify_status(response.status_code, response.headers)
-            if verdict is None:
-                return response
             last.append(response)
-            raise StatusFailure(response.status_code, verdict, response)
+            return judged(response, response.status_code, response.headers)
 
-        try:
-            return await guard.run_async(attempt, (), {})  # type: ignore[no-any-return]
-        except StatusFailure as failure:
-            return failure.response  # type: ignore[no-any-return]
+        return await run_async(guard, attempt)  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -220,8 +200,7 @@ class _Faults(Translator):
     def status(self, code: int, retry_after: float | None) -> BaseException:
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
         response = httpx.Response(code, headers=headers, json={"error": "injected"})
-        return StatusFailure(code, classify_status(code, response.headers)
-                             or Verdict(Kind.FATAL), response)
+        return failure(code, response.headers, response)
 
 
 register_translator(classify, _Faults())

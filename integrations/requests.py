@@ -46,14 +46,15 @@ from vendorguard.testing.faults import Translator, register_translator
 from vendorguard.timeouts import attempt_timeout
 
 from ._http import (
-    IDEMPOTENT_METHODS,
     POLICY,
     HostGuards,
     Operation,
     StatusFailure,
     clamp,
-    classify_status,
     connect_phase,
+    failure,
+    judged,
+    run,
 )
 
 __all__ = ["POLICY", "GuardedAdapter", "classify", "mount"]
@@ -137,28 +138,20 @@ class GuardedAdapter(HTTPAdapter):
         if retries not in (0, None):
             raise ValueError(f"max_retries must be 0 (vendorguard retries; two layers would "
                              f"multiply attempts), got {retries!r}")
-        if idempotency_header is not None and not isinstance(idempotency_header, str):
-            raise TypeError(f"idempotency_header must be a header name or None, "
-                            f"got {idempotency_header!r}")
-        super().__init__(**adapter_options)
         self.hosts = HostGuards(vendors, default, classify, operation=operation,
-                                registry=registry, policy=policy)
-        self.idempotency_header = idempotency_header
+                                registry=registry, policy=policy,
+                                idempotency_header=idempotency_header)
+        super().__init__(**adapter_options)
 
     def send(self, request: requests.PreparedRequest, stream: bool = False,
              timeout: Any = None, verify: Any = True, cert: Any = None,
              proxies: Any = None) -> requests.Response:
         url = urlsplit(request.url or "")
-        host = url.hostname or ""
-        vendor = self.hosts.vendor_for(host)
         send = super().send
-        if vendor is None:
+        guard = self.hosts.for_request((request.method or "GET").upper(), url.hostname,
+                                       url.path, request.headers)
+        if guard is None:
             return send(request, stream, timeout, verify, cert, proxies)
-        method = (request.method or "GET").upper()
-        header = self.idempotency_header
-        safe = method in IDEMPOTENT_METHODS or (
-            header is not None and header in request.headers)
-        guard = self.hosts.guard_for(vendor, method, host, url.path, safe)
         _replayable(request)
         last: list[requests.Response] = []
 
@@ -166,16 +159,10 @@ class GuardedAdapter(HTTPAdapter):
             if last:
                 last.pop().close()
             response = send(request, stream, _bounded(timeout), verify, cert, proxies)
-            verdict = classify_status(response.status_code, response.headers)
-            if verdict is None:
-                return response
             last.append(response)
-            raise StatusFailure(response.status_code, verdict, response)
+            return judged(response, response.status_code, response.headers)
 
-        try:
-            return guard.run_sync(attempt, (), {})  # type: ignore[no-any-return]
-        except StatusFailure as failure:
-            return failure.response  # type: ignore[no-any-return]
+        return run(guard, attempt)  # type: ignore[no-any-return]
 
 
 def mount(session: requests.Session, adapter: GuardedAdapter,
@@ -203,8 +190,7 @@ class _Faults(Translator):
         response.headers["Content-Type"] = "application/json"
         if retry_after is not None:
             response.headers["Retry-After"] = f"{retry_after:g}"
-        return StatusFailure(code, classify_status(code, response.headers)
-                             or Verdict(Kind.FATAL), response)
+        return failure(code, response.headers, response)
 
 
 register_translator(classify, _Faults())

@@ -51,7 +51,7 @@ from vendorguard.errors import BulkheadFullError, CircuitOpenError
 from vendorguard.policy import Policy
 from vendorguard.testing.faults import Translator, register_translator
 
-from ._http import POLICY, HostGuards, StatusFailure, bounded_timeout, classify_status
+from ._http import POLICY, HostGuards, StatusFailure, bounded_timeout, classify_status, run
 
 __all__ = ["WebClient", "classify", "wrap"]
 
@@ -117,13 +117,11 @@ class _Guarded:
         return self._vg_hosts
 
     def _perform_urllib_http_request(self, *, url: str, args: dict[str, Any]) -> Any:
-        hosts = self._vg_hosts
         parts = urlsplit(url)
-        vendor = hosts.vendor_for(parts.hostname)
         send = super()._perform_urllib_http_request  # type: ignore[misc]
-        if vendor is None:  # pragma: no cover - the drop-in always has a vendor
+        guard = self._vg_hosts.for_request("POST", parts.hostname, parts.path, {})
+        if guard is None:  # pragma: no cover - the drop-in always has a vendor
             return send(url=url, args=args)
-        guard = hosts.guard_for(vendor, "POST", parts.hostname or "", parts.path, False)
 
         def attempt() -> Any:
             response = send(url=url, args=args)
@@ -132,10 +130,7 @@ class _Guarded:
                 return response
             raise StatusFailure(int(response.get("status") or 0), verdict, response)
 
-        try:
-            return guard.run_sync(attempt, (), {})
-        except StatusFailure as failure:
-            return failure.response
+        return run(guard, attempt)
 
 
 class WebClient(_Guarded, slack_sdk.WebClient):  # type: ignore[misc]

@@ -94,9 +94,10 @@ class RequestsClient(stripe.RequestsClient):  # type: ignore[misc]
 
 
 class _Call:
-    """One logical call: its idempotency key, shared by every attempt."""
+    """One logical call: its idempotency key, shared by every attempt. As a context manager
+    it is the current call, and a failure leaving it carries the key it was sent with."""
 
-    __slots__ = ("key", "keyed", "keys", "method", "read")
+    __slots__ = ("key", "keyed", "keys", "method", "read", "token")
 
     def __init__(self, keys: bool, read: bool = False) -> None:
         self.keys = keys
@@ -104,6 +105,15 @@ class _Call:
         self.key: str | None = None
         self.keyed = False
         self.method: str | None = None
+
+    def __enter__(self) -> _Call:
+        self.token = _current.set(self)
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        _current.reset(self.token)
+        if self.keyed and isinstance(exc, (stripe.StripeError, VendorTimeoutError)):
+            exc.idempotency_key = self.key  # type: ignore[union-attr]
 
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -267,36 +277,17 @@ class StripeGuards:
             run_async = guard.run_async
 
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                call = _Call(keys, read)
-                token = _current.set(call)
-                try:
+                with _Call(keys, read):
                     return await run_async(method, args, kwargs)
-                except (stripe.StripeError, VendorTimeoutError) as exc:
-                    _note_key(exc, call)
-                    raise
-                finally:
-                    _current.reset(token)
 
             return guarded_async
         run = guard.run_sync
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            call = _Call(keys, read)
-            token = _current.set(call)
-            try:
+            with _Call(keys, read):
                 return run(method, args, kwargs)
-            except (stripe.StripeError, VendorTimeoutError) as exc:
-                _note_key(exc, call)
-                raise
-            finally:
-                _current.reset(token)
 
         return guarded
-
-
-def _note_key(exc: Exception, call: _Call) -> None:
-    if call.keyed:
-        exc.idempotency_key = call.key  # type: ignore[attr-defined]
 
 
 class _Service(wrapt.ObjectProxy):  # type: ignore[type-arg]
@@ -329,11 +320,17 @@ class _Service(wrapt.ObjectProxy):  # type: ignore[type-arg]
         return found
 
 
-def _guard_services(client: Any, guards: StripeGuards) -> None:
+def _guarded_services(client: Any, guards: StripeGuards,
+                      requestor: Any = None) -> dict[str, _Service]:
+    """``{"v1": ..., "v2": ...}`` of ``client``, guarded (on ``requestor`` when given)."""
+    found = {}
     for name, path in (("v1", ()), ("v2", ("v2",))):
         service = getattr(client, name, None)
         if isinstance(service, StripeService):
-            setattr(client, name, _Service(service, guards, path))
+            if requestor is not None:
+                service = type(service)(requestor)
+            found[name] = _Service(service, guards, path)
+    return found
 
 
 class StripeClient(stripe.StripeClient):  # type: ignore[misc]
@@ -365,7 +362,8 @@ class StripeClient(stripe.StripeClient):  # type: ignore[misc]
         super().__init__(api_key, max_network_retries=0, **options)
         self._requestor.__class__ = _Requestor
         self.vendorguard = guards
-        _guard_services(self, guards)
+        for name, service in _guarded_services(self, guards).items():
+            setattr(self, name, service)
 
     def with_stripe_context(self, stripe_context: Any) -> Any:
         """A client for another Stripe context, guarded by the same guards."""
@@ -385,10 +383,8 @@ class _Wrapped(wrapt.ObjectProxy):  # type: ignore[type-arg]
             http = bounded
         own = _Requestor(options=requestor._options, client=http)
         self._self_guards = guards
-        for name, path in (("v1", ()), ("v2", ("v2",))):
-            service = getattr(client, name, None)
-            if isinstance(service, StripeService):
-                setattr(self, "_self_" + name, _Service(type(service)(own), guards, path))
+        for name, service in _guarded_services(client, guards, own).items():
+            setattr(self, "_self_" + name, service)
 
     @property
     def vendorguard(self) -> StripeGuards:

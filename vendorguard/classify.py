@@ -1,7 +1,9 @@
 """Classification of an attempt's failure: what retry, breaker and fallback do with it.
 
 A classifier is a callable taking the exception and returning a :class:`Kind` or, when it
-knows more (a Retry-After, or that the failure was a timeout), a :class:`Verdict`.
+knows more (a Retry-After, or that the failure was a timeout), a :class:`Verdict`. An
+exception that carries its own ``vendorguard_verdict`` (a :class:`Verdict`, as injected faults
+do) is judged by it, whatever the guard's classifier.
 
 - ``caller_error``: the request was wrong; raised at once, never retried, no fallback, not
   counted by the breaker.
@@ -49,15 +51,10 @@ Classifier = Callable[[Exception], "Kind | Verdict"]
 def default_classifier(exc: Exception) -> Kind | Verdict:
     """Classify exceptions from plain Python callables.
 
-    An exception carrying its own ``vendorguard_verdict`` (a :class:`Verdict`, as injected
-    faults do) gets it. ``TypeError`` is a caller error (a wrong call); a refused connection is
-    transient (nothing was sent); other connection failures and timeouts are ambiguous (the
-    vendor may have acted); an inner guard's open circuit is fatal for this call; anything
-    else is transient.
+    ``TypeError`` is a caller error (a wrong call); a refused connection is transient (nothing
+    was sent); other connection failures and timeouts are ambiguous (the vendor may have
+    acted); an inner guard's open circuit is fatal for this call; anything else is transient.
     """
-    own = getattr(exc, "vendorguard_verdict", None)
-    if isinstance(own, Verdict):
-        return own
     if isinstance(exc, TypeError):
         return Kind.CALLER_ERROR
     if isinstance(exc, ConnectionRefusedError):

@@ -224,8 +224,9 @@ class Guard:
         :data:`CALLER_ERROR` (no retry, no breaker, no fallback)."""
         call.attempts += 1
         call.exc = exc
+        own = getattr(exc, "vendorguard_verdict", None)
         try:
-            verdict = _verdict(self.classifier(exc), exc)
+            verdict = own if isinstance(own, Verdict) else _verdict(self.classifier(exc), exc)
         except Exception as broken:  # a classifier bug must not replace the vendor's failure
             _log.error("vendorguard: %s %s: classifier failed with %s; using the default",
                        self.name, self.operation, type(broken).__name__)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
-from tests.conftest import sample
+from tests.conftest import sample, wait_until
+from tests.integrations.fakehttp import free_port
 from tests.services import require_binary
 from vendorguard.telemetry.server import start_http_server
 
@@ -28,29 +27,24 @@ DEADLINE = 30.0
 SUCCESSES, FAILURES, REJECTED = 5, 3, 4
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def poll(check: Callable[[], T | None], what: str, deadline: float = DEADLINE,
          interval: float = 0.25) -> T:
     """Call ``check`` until it returns something other than None, for at most ``deadline``."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    for _ in range(int(deadline / interval) + 1):
+    last: list[Exception] = []
+
+    def attempt() -> tuple[T] | None:
         try:
             result = check()
         except (OSError, ValueError) as exc:  # not up yet, or a partial answer
-            result, last = None, exc
-        if result is not None:
-            return result
-        if time.monotonic() >= end:
-            break
-        time.sleep(interval)
-    pytest.fail(f"timed out after {deadline:.0f} s waiting for {what} (last error: {last!r})")
+            last[:] = [exc]
+            return None
+        return None if result is None else (result,)
+
+    found = wait_until(attempt, timeout=deadline, interval=interval)
+    if found is None:
+        pytest.fail(f"timed out after {deadline:.0f} s waiting for {what} "
+                    f"(last error: {last[0] if last else None!r})")
+    return found[0]
 
 
 @pytest.fixture

@@ -118,6 +118,11 @@ def hang(seconds: float, then: Answer = OK) -> Answer:
     return dataclasses.replace(then, hang=min(max(seconds, 0.0), MAX_HANG))
 
 
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """The ``Retry-After`` header for a delay, none for ``None``."""
+    return {} if seconds is None else {"Retry-After": seconds_header(seconds)}
+
+
 def seconds_header(seconds: float) -> str:
     """A delay as a header value: ``2`` for 2.0, ``0.5`` for 0.5 (fractions keep tests fast,
     though RFC 9110 ``Retry-After`` allows whole seconds only)."""

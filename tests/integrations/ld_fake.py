@@ -232,11 +232,3 @@ class FakeLD:
 
 def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-def refused_url() -> str:
-    """A loopback URL on which nothing listens (connect -> ECONNREFUSED)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"

@@ -207,14 +207,6 @@ def _subject(body: bytes) -> str | None:
     return None if value is None else str(value)
 
 
-def refused_url() -> str:
-    """A loopback URL on which nothing listens (connect -> ECONNREFUSED)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 @contextlib.contextmanager
 def unaccepting(backlog_fillers: int = 4) -> Any:
     """A loopback URL whose listen backlog is full: connects time out (nothing is sent)."""

@@ -46,7 +46,7 @@ from tests.integrations.fakehttp import (
     Incoming,
     free_port,
     refused_url,
-    seconds_header,
+    retry_after_header,
 )
 from tests.integrations.fakehttp import hang as _hang
 
@@ -73,8 +73,7 @@ UNAVAILABLE = not_ok("service_unavailable", 503)
 
 def rate_limited(retry_after: float | None = None) -> Answer:
     """429 ``ratelimited``, with ``Retry-After`` (seconds) when given."""
-    headers = {} if retry_after is None else {"Retry-After": seconds_header(retry_after)}
-    return not_ok("ratelimited", 429, headers=headers)
+    return not_ok("ratelimited", 429, headers=retry_after_header(retry_after))
 
 
 def hang(seconds: float, then: Answer = OK) -> Answer:

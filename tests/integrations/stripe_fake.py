@@ -64,7 +64,7 @@ from tests.integrations.fakehttp import (
     Incoming,
     free_port,
     refused_url,
-    seconds_header,
+    retry_after_header,
 )
 from tests.integrations.fakehttp import hang as _hang
 
@@ -109,10 +109,9 @@ UNAVAILABLE = error(503, "api_error", "Stripe is temporarily unavailable.")
 
 def rate_limited(retry_after: float | None = None) -> Answer:
     """429 (the SDK raises ``RateLimitError``), with ``Retry-After`` when given."""
-    headers = {} if retry_after is None else {"Retry-After": seconds_header(retry_after)}
     return error(429, "invalid_request_error",
                  "Too many requests hit the API too quickly.", code="rate_limit",
-                 headers=headers)
+                 headers=retry_after_header(retry_after))
 
 
 def hang(seconds: float, then: Answer = OK) -> Answer:

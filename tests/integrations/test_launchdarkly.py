@@ -24,7 +24,8 @@ from vendorguard.integrations.launchdarkly import LDClient, wrap  # noqa: E402
 
 import vendorguard as vg  # noqa: E402
 from tests.conftest import sample, wait_until  # noqa: E402
-from tests.integrations.ld_fake import FakeLD, flag, refused_url  # noqa: E402
+from tests.integrations.fakehttp import refused_url  # noqa: E402
+from tests.integrations.ld_fake import FakeLD, flag  # noqa: E402
 
 CTX = Context.builder("user-1").kind("user").name("Ada").build()
 VIP = Context.create("vip")

@@ -24,6 +24,7 @@ from vendorguard.integrations.sendgrid import SendGridAPIClient, wrap  # noqa: E
 
 import vendorguard as vg  # noqa: E402
 from tests.conftest import sample, wait_until  # noqa: E402
+from tests.integrations.fakehttp import refused_url  # noqa: E402
 from tests.integrations.sg_fake import (  # noqa: E402
     BAD_REQUEST,
     DROP,
@@ -37,7 +38,6 @@ from tests.integrations.sg_fake import (  # noqa: E402
     FakeSendGrid,
     hang,
     rate_limited,
-    refused_url,
     unaccepting,
 )
 

@@ -46,7 +46,7 @@ from tests.integrations.fakehttp import (
     Incoming,
     free_port,
     refused_url,
-    seconds_header,
+    retry_after_header,
 )
 from tests.integrations.fakehttp import hang as _hang
 
@@ -80,8 +80,7 @@ UNAVAILABLE = error(503, 20503, "Service Unavailable")
 
 def rate_limited(retry_after: float | None = None) -> Answer:
     """429 with Twilio code 20429, and ``Retry-After`` when given."""
-    headers = {} if retry_after is None else {"Retry-After": seconds_header(retry_after)}
-    return error(429, 20429, "Too Many Requests", headers=headers)
+    return error(429, 20429, "Too Many Requests", headers=retry_after_header(retry_after))
 
 
 def hang(seconds: float, then: Answer = OK) -> Answer:
