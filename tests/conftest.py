@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard
+from vendorguard import audit
 from vendorguard import registry as _registry
 
 pytest_plugins = ["pytester", "vendorguard.testing.plugin"]
@@ -23,8 +24,10 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 @pytest.fixture(autouse=True)
 def _clean_registry() -> Iterator[None]:
     _registry.clear()
+    audit.clear()
     yield
     _registry.clear()
+    audit.clear()
 
 
 @pytest.fixture

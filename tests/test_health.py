@@ -82,7 +82,7 @@ def test_health_nested_shapes(busy: vg.Vendor) -> None:
     assert set(entry["latency"]) == {"p50", "p99"}
     assert set(entry["last_failure"]) == {"time", "type", "outcome"}
     assert all(set(t) == {"circuit", "from", "to", "time"} for t in entry["transitions"])
-    assert all(set(c) == {"action", "reason", "time"} for c in entry["control"])
+    assert all(set(c) == {"action", "reason", "actor", "time"} for c in entry["control"])
     assert entry["critical"] is True
 
 

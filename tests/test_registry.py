@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import vendorguard as vg
 from tests.conftest import Gate, held, sample
+from vendorguard import audit
 from vendorguard.events import ControlApplied
 
 STATES = ("closed", "open", "half_open", "forced_open", "disabled")
@@ -340,16 +341,26 @@ def test_reset_forgets_counted_failures(metrics: CollectorRegistry) -> None:
 CONTROLS = ["force_open", "force_close", "disable", "reset"]
 
 
+def _controls() -> list[audit.Entry]:
+    return [e for e in audit.entries() if e.kind == "control"]
+
+
 @pytest.mark.parametrize("action", CONTROLS, ids=CONTROLS)
 def test_control_is_audited(action: str, metrics: CollectorRegistry) -> None:
-    """Each control action appends a ControlApplied with action, reason and wall time."""
+    """Each control action is an audit entry with action, actor, reason, the state before
+    and after, and wall time."""
     v = vg.Vendor("acme", registry=metrics)
+    v.force_open(reason="earlier")
+    audit.clear()
     before = time.time()
-    getattr(v, action)(reason="ticket 42")
+    getattr(v, action)(reason="ticket 42", actor="ana")
     after = time.time()
-    [entry] = list(v.audit)
-    assert isinstance(entry, ControlApplied)
-    assert (entry.vendor, entry.action, entry.reason) == ("acme", action, "ticket 42")
+    [entry] = _controls()
+    assert (entry.vendor, entry.action, entry.reason, entry.actor) == (
+        "acme", action, "ticket 42", "ana")
+    assert entry.before == "forced_open"
+    assert entry.after == {"force_open": "forced_open", "disable": "disabled"}.get(
+        action, "closed")
     assert before <= entry.time <= after
 
 
@@ -359,7 +370,7 @@ def test_audit_keeps_actions_in_order(metrics: CollectorRegistry) -> None:
     v.force_open(reason="a")
     v.disable()
     v.reset(reason="c")
-    assert [(e.action, e.reason) for e in v.audit] == [
+    assert [(e.action, e.reason) for e in _controls()] == [
         ("force_open", "a"), ("disable", None), ("reset", "c")]
 
 
@@ -376,7 +387,7 @@ def test_control_is_delivered_to_observers(action: str, metrics: CollectorRegist
         vg.remove_observer(observer)
     controls = [e for e in seen if isinstance(e, ControlApplied)]
     assert [(e.vendor, e.action, e.reason) for e in controls] == [("acme", action, "ops")]
-    assert controls[0] is v.audit[-1]
+    assert controls[0].time == _controls()[-1].time
 
 
 def test_removed_observer_gets_nothing(metrics: CollectorRegistry) -> None:
@@ -419,7 +430,7 @@ def test_failing_observer_does_not_break_control(metrics: CollectorRegistry) -> 
     finally:
         vg.remove_observer(broken)
     assert guarded() == "fb"
-    assert [e.action for e in v.audit] == ["force_open"]
+    assert [e.action for e in _controls()] == ["force_open"]
 
 
 def test_control_reason_must_be_a_string(metrics: CollectorRegistry) -> None:
@@ -427,7 +438,7 @@ def test_control_reason_must_be_a_string(metrics: CollectorRegistry) -> None:
     v = vg.Vendor("acme", registry=metrics)
     with pytest.raises(TypeError, match="reason"):
         v.force_open(reason=123)  # type: ignore[arg-type]
-    assert list(v.audit) == []
+    assert _controls() == []
 
 
 def test_force_open_without_breaker_rejects(metrics: CollectorRegistry) -> None:

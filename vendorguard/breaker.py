@@ -82,6 +82,9 @@ class _Listener(pybreaker.CircuitBreakerListener):
         self.circuit._mirror(_FROM_PYBREAKER[new_state.name])
 
 
+STATE_ORDER = {CLOSED: 0, DISABLED: 1, HALF_OPEN: 2, OPEN: 3, FORCED_OPEN: 4}
+"""States from best to worst (a vendor with several circuits is as bad as its worst)."""
+
 clock: Callable[[], float] = time.monotonic
 """The time source of circuits built without their own (``vendorguard.testing`` fakes it)."""
 

@@ -19,6 +19,8 @@ __all__ = [
     "CallEnded",
     "CallStarted",
     "CircuitStateChanged",
+    "ConfigApplied",
+    "ConfigRefused",
     "ControlApplied",
     "Event",
     "FallbackServed",
@@ -98,11 +100,33 @@ class CircuitStateChanged:
 @dataclass(frozen=True, slots=True)
 class ControlApplied:
     """An operator acted on a vendor: ``force_open``, ``force_close``, ``disable`` or ``reset``.
-    ``time`` is wall-clock seconds since the epoch."""
+    ``time`` is wall-clock seconds since the epoch; ``actor`` who acted, where known."""
 
     vendor: str
     action: str
     reason: str | None
+    time: float
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigApplied:
+    """A configuration took effect: ``generation`` counts them; ``vendors`` names the vendors
+    whose policies changed."""
+
+    generation: int
+    vendors: tuple[str, ...]
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRefused:
+    """A configuration failed to load and changed nothing: ``key`` is the offending key path
+    (or the source, when it could not be read), ``generation`` the one still in effect."""
+
+    key: str
+    error: str
+    generation: int
     time: float
 
 
@@ -115,7 +139,7 @@ class CallAbandoned:
 
 
 Event = Union[CallStarted, CallEnded, RetryScheduled, RetryBlocked, FallbackServed,  # noqa: UP007
-              CircuitStateChanged, ControlApplied, CallAbandoned]
+              CircuitStateChanged, ControlApplied, CallAbandoned, ConfigApplied, ConfigRefused]
 Observer = Callable[[Event], None]
 
 # Read on the hot path as plain module globals: ``watching`` is false while nobody listens

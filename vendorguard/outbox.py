@@ -36,6 +36,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from . import audit
 from .classify import Kind, Verdict, default_classifier
 from .errors import BulkheadFullError, CircuitOpenError
 from .fallback import Failure, FallbackStrategy, NoFallback
@@ -368,6 +369,9 @@ class Outbox(_OutboxFallback):
                 self._fam.outbox_dead.labels(vendor).inc()
                 _log.warning("vendorguard: outbox: %s message %d is a dead letter after %d "
                              "attempts (%s)", vendor, message_id, attempts, type(exc).__name__)
+                audit.record("dead_letter", "dead_lettered", vendor=vendor, actor="outbox",
+                             reason=type(exc).__name__, before="pending",
+                             after={"message": message_id, "attempts": attempts}, log=False)
             return 0
         self._write("UPDATE messages SET state = 'delivered', attempts = ?, payload = '{}', "
                     "lease_until = 0, updated = ?, last_error = NULL WHERE id = ?",

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from .breaker import Circuit
+from . import audit
+from .breaker import STATE_ORDER, Circuit
 from .classify import Classifier
 from .decorate import decorate
 from .events import ControlApplied, emit
@@ -100,7 +99,6 @@ class Vendor:
         self.critical = bool(critical)
         self.classifier = classifier
         self.families = families(registry)
-        self.audit: collections.deque[ControlApplied] = collections.deque(maxlen=100)
         self.slots = None
         if bulkhead is not None:
             from .bulkhead import Slots
@@ -154,6 +152,9 @@ class Vendor:
                 def on_announce(old: str, new: str) -> None:
                     _log.warning("vendorguard: %s circuit %s: %s -> %s",
                                  self.name, key, old, new)
+                    audit.record("transition", new, vendor=self.name, before=old, after=new,
+                                 reason=None if key == self.name else f"circuit {key}",
+                                 log=False)
 
                 circuit = Circuit(self.breaker, vendor=self.name, name=key,
                                   on_transition=on_transition, on_announce=on_announce)
@@ -282,10 +283,10 @@ class Vendor:
 
     # -- runtime control ----------------------------------------------------------------------
 
-    def _control(self, action: str, reason: str | None, apply: Callable[[Circuit], None],
-                 override: bool) -> None:
-        if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"reason must be a string, got {reason!r}")
+    def _control(self, action: str, reason: str | None, actor: str | None,
+                 apply: Callable[[Circuit], None], override: bool) -> None:
+        reason, actor = audit.clean(reason, "reason"), audit.clean(actor, "actor")
+        before = self.state
         per_operation = self.breaker is not None and self.breaker.scope == "operation"
         if not per_operation:
             self.circuit_for(self.name)
@@ -294,26 +295,31 @@ class Vendor:
             circuits = list(self._circuits.values())
         for circuit in circuits:
             apply(circuit)
-        event = ControlApplied(self.name, action, reason, time.time())
-        self.audit.append(event)
-        _log.warning("vendorguard: %s %s (reason: %s)", self.name, action, reason or "none")
-        emit(event)
+        entry = audit.record("control", action, vendor=self.name, actor=actor, reason=reason,
+                             before=before, after=self.state)
+        emit(ControlApplied(self.name, action, reason, entry.time, actor))
 
-    def force_open(self, reason: str | None = None) -> None:
+    @property
+    def state(self) -> str:
+        """The worst state among the vendor's circuits (``closed`` when it has none)."""
+        states = [c.state for c in self.circuits().values()]
+        return max(states, key=STATE_ORDER.__getitem__, default="closed")
+
+    def force_open(self, reason: str | None = None, *, actor: str | None = None) -> None:
         """Kill switch: reject every call (served by fallbacks) until force_close/reset."""
-        self._control("force_open", reason, Circuit.force_open, True)
+        self._control("force_open", reason, actor, Circuit.force_open, True)
 
-    def force_close(self, reason: str | None = None) -> None:
+    def force_close(self, reason: str | None = None, *, actor: str | None = None) -> None:
         """Close the circuit now, releasing a force_open or disable."""
-        self._control("force_close", reason, Circuit.close, False)
+        self._control("force_close", reason, actor, Circuit.close, False)
 
-    def disable(self, reason: str | None = None) -> None:
+    def disable(self, reason: str | None = None, *, actor: str | None = None) -> None:
         """Metrics only: observe every call but never reject one."""
-        self._control("disable", reason, Circuit.disable, True)
+        self._control("disable", reason, actor, Circuit.disable, True)
 
-    def reset(self, reason: str | None = None) -> None:
+    def reset(self, reason: str | None = None, *, actor: str | None = None) -> None:
         """Back to a closed circuit with no failures counted."""
-        self._control("reset", reason, Circuit.close, False)
+        self._control("reset", reason, actor, Circuit.close, False)
 
     def unregister(self) -> None:
         """Remove this vendor from the registry (its metrics stay registered)."""

@@ -20,7 +20,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..breaker import CLOSED, DISABLED, FORCED_OPEN, HALF_OPEN, OPEN
+from .. import audit
+from ..breaker import CLOSED, FORCED_OPEN, HALF_OPEN, OPEN, STATE_ORDER
 from .metrics import OUTCOMES
 from .window import quantile, read
 
@@ -34,7 +35,6 @@ MIN_CALLS = 10
 DEGRADED_ERROR_RATE = 0.25
 _FAILED = tuple(OUTCOMES.index(o) for o in ("error", "timeout", "rejected"))
 _SEVERITY = {"ok": 0, "degraded": 1, "down": 2}
-_STATE_ORDER = {CLOSED: 0, DISABLED: 1, HALF_OPEN: 2, OPEN: 3, FORCED_OPEN: 4}
 
 
 def health(vendors: list[Vendor] | None = None) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def vendor_health(v: Vendor) -> dict[str, Any]:
 
     circuits = v.circuits()
     states = [c.state for c in circuits.values()]
-    state: str | None = max(states, key=_STATE_ORDER.__getitem__) if states else None
+    state: str | None = max(states, key=STATE_ORDER.__getitem__) if states else None
     if v.breaker is None and state in (CLOSED, None):
         state = None  # no breaker policy: the circuit only carries runtime control
     open_count = sum(s in (OPEN, FORCED_OPEN) for s in states)
@@ -122,8 +122,9 @@ def vendor_health(v: Vendor) -> dict[str, Any]:
         "last_failure": None if last is None else {
             "time": last[0], "type": last[1], "outcome": last[2]},
         "transitions": transitions,
-        "control": [{"action": e.action, "reason": e.reason, "time": e.time}
-                    for e in list(v.audit)[-10:]],
+        "control": [{"action": e.action, "reason": e.reason, "actor": e.actor,
+                     "time": e.time}
+                    for e in audit.entries(v.name) if e.kind == "control"][-10:],
         "detail": "; ".join(details) or None,
         **extra,
     }
