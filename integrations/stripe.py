@@ -274,18 +274,15 @@ class StripeGuards:
         """``method`` (a service method) guarded as ``operation``."""
         guard, keys, read = self.guard(operation), self.idempotency_keys, _is_read(operation)
         if is_async_callable(method):
-            run_async = guard.run_async
-
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                 with _Call(keys, read):
-                    return await run_async(method, args, kwargs)
+                    return await guard.run_async(method, args, kwargs)
 
             return guarded_async
-        run = guard.run_sync
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             with _Call(keys, read):
-                return run(method, args, kwargs)
+                return guard.run_sync(method, args, kwargs)
 
         return guarded
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard
-from vendorguard import audit
+from vendorguard import audit, config
 from vendorguard import registry as _registry
 
 pytest_plugins = ["pytester", "vendorguard.testing.plugin"]
@@ -25,9 +25,11 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 def _clean_registry() -> Iterator[None]:
     _registry.clear()
     audit.clear()
+    config.clear()
     yield
     _registry.clear()
     audit.clear()
+    config.clear()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ CONTRACT = [
     "Vendor", "Timeout", "Retry", "Backoff", "RetryBudget", "Breaker", "Bulkhead", "Policy",
     "guard", "vendors", "vendor", "deadline", "LastGood", "Failure", "VendorError",
     "CircuitOpenError", "VendorTimeoutError", "BulkheadFullError", "FallbackError",
-    "testing_mode", "discover", "undiscover",
+    "testing_mode", "discover", "undiscover", "configure", "reload", "ConfigError",
 ]
 SUBCLASSES = [vg.CircuitOpenError, vg.VendorTimeoutError, vg.BulkheadFullError,
               vg.FallbackError]

@@ -15,6 +15,7 @@ Prometheus metrics::
 from __future__ import annotations
 
 from .classify import Kind, Verdict, default_classifier
+from .config import ConfigError, configure, reload
 from .discovery import discover, undiscover
 from .errors import (
     BulkheadFullError,
@@ -42,6 +43,7 @@ __all__ = [
     "Bulkhead",
     "BulkheadFullError",
     "CircuitOpenError",
+    "ConfigError",
     "Event",
     "Failure",
     "FallbackError",
@@ -63,12 +65,14 @@ __all__ = [
     "VendorTimeoutError",
     "Verdict",
     "add_observer",
+    "configure",
     "deadline",
     "default_classifier",
     "discover",
     "guard",
     "health",
     "parse_retry_after",
+    "reload",
     "remove_observer",
     "testing_mode",
     "undiscover",

@@ -15,14 +15,14 @@ from .fallback import NoFallback
 from .timeouts import AttemptTimedOut, _attempt_bound, _deadline, run_async
 
 if TYPE_CHECKING:
-    from .pipeline import Guard
+    from .pipeline import Pipeline
 
 __all__ = ["run_async_path"]
 
 perf = time.perf_counter
 
 
-async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
+async def run_async_path(g: Pipeline, fn: Callable[..., Any], args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> Any:
     """Await ``fn(*args, **kwargs)`` through guard ``g``'s pipeline."""
     start = perf()
@@ -75,7 +75,7 @@ async def run_async_path(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...]
         g.inflight.pop()
 
 
-async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
+async def _attempt(g: Pipeline, fn: Callable[..., Any], args: tuple[Any, ...],
                    kwargs: dict[str, Any], call: Call,
                    ) -> tuple[Any, int, float, Exception | None]:
     """One attempt: admission, bulkhead (waiting without blocking the loop), a cancelling
@@ -126,7 +126,7 @@ async def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...],
     return result, gen, perf() - began, failed
 
 
-async def _finish(g: Guard, call: Call, start: float, error: Exception, outcome: str,
+async def _finish(g: Pipeline, call: Call, start: float, error: Exception, outcome: str,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Serve the fallback (awaiting it if it is async), or raise the call's error."""
     served = False

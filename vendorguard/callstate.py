@@ -8,7 +8,7 @@ from .classify import Verdict
 from .errors import FallbackError
 
 if TYPE_CHECKING:
-    from .pipeline import Guard
+    from .pipeline import Pipeline
 
 __all__ = ["CALLER_ERROR", "Call", "Rejected", "Stop", "fallback_error"]
 
@@ -42,7 +42,7 @@ class Stop(Exception):
 CALLER_ERROR = -1.0
 
 
-def fallback_error(guard: Guard, exc: Exception) -> FallbackError:
+def fallback_error(guard: Pipeline, exc: Exception) -> FallbackError:
     return FallbackError(
         f"{guard.name} {guard.operation}: fallback raised {type(exc).__name__}",
         vendor=guard.name, operation=guard.operation)

@@ -34,19 +34,15 @@ def decorate(compiled: Guard, fn: Any) -> Any:
     if compiled.fallback is not None:
         compiled.fallback.bind(compiled, fn)
     if is_async_callable(fn):
-        run_async = compiled.run_async
-
         @functools.wraps(fn)
         async def async_guarded(*args: Any, **kwargs: Any) -> Any:
-            return await run_async(fn, args, kwargs)
+            return await compiled.run_async(fn, args, kwargs)
 
         async_guarded.vendorguard = compiled  # type: ignore[attr-defined]
         return async_guarded
-    run = compiled.run_sync
-
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        return run(fn, args, kwargs)
+        return compiled.run_sync(fn, args, kwargs)  # read per call: a reload swaps it
 
     guarded.vendorguard = compiled  # type: ignore[attr-defined]
     return guarded

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import events
@@ -50,9 +50,10 @@ from .timeouts import AttemptTimedOut, WorkerPool, _deadline, monotonic
 if TYPE_CHECKING:
     from .registry import Vendor
 
-__all__ = ["Guard", "TimeoutMode", "is_async_callable"]
+__all__ = ["Guard", "Pipeline", "TimeoutMode", "is_async_callable"]
 
 TimeoutMode = Literal["thread", "caller"]
+Run = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 perf = time.perf_counter
 _log = logging.getLogger("vendorguard")
 
@@ -78,16 +79,22 @@ def _verdict(result: Kind | Verdict, exc: Exception) -> Verdict:
 
 
 class Guard:
-    """One vendor operation's compiled pipeline. Build it with :meth:`Vendor.guard`."""
+    """One vendor operation, guarded. Build it with :meth:`Vendor.guard` (or ``wrap``/``call``).
 
-    def __init__(self, vendor: Vendor, operation: str, *, fallback: Any, timeout: Timeout,
-                 retry: Retry | None, classifier: Classifier | None, idempotent: bool,
+    A guard runs calls through its :class:`Pipeline`, compiled from the vendor's policies in
+    effect. When a configuration changes them (:func:`vendorguard.reload`), a new pipeline is
+    compiled and swapped in between calls; calls in flight finish on the one they started on.
+    """
+
+    def __init__(self, vendor: Vendor, operation: str, *, fallback: Any,
+                 timeout: Timeout | None, retry: Retry | Any | None,
+                 classifier: Classifier | None, idempotent: bool,
                  timeout_mode: TimeoutMode) -> None:
         if not isinstance(operation, str) or not operation:
             raise ValueError(f"operation must be a non-empty string, got {operation!r}")
-        if not isinstance(timeout, Timeout):
+        if timeout is not None and not isinstance(timeout, Timeout):
             raise TypeError(f"timeout must be a vendorguard.Timeout, got {timeout!r}")
-        if retry is not None and not isinstance(retry, Retry):
+        if retry is not None and retry is not MISSING and not isinstance(retry, Retry):
             raise TypeError(f"retry must be a vendorguard.Retry or None, got {retry!r}")
         if classifier is not None and not callable(classifier):
             raise TypeError(f"classifier must be callable, got {classifier!r}")
@@ -97,11 +104,69 @@ class Guard:
         self.name = vendor.name
         self.operation = operation
         self.fallback: FallbackStrategy | None = compile_fallback(fallback)
-        self.timeout = timeout
-        self.retry = retry
         self.classifier: Classifier = classifier or default_classifier
         self.idempotent = bool(idempotent)
         self.timeout_mode = timeout_mode
+        self.own = (timeout, retry)
+        """The guard's own policies from code (``None`` / ``MISSING``: the vendor's)."""
+        self.pipeline: Pipeline
+        self.run_sync: Run
+        """Call ``fn(*args, **kwargs)`` through the pipeline."""
+        self.run_async: Callable[..., Awaitable[Any]]
+        """Await ``fn(*args, **kwargs)`` through the pipeline."""
+        vendor.adopt(self)
+
+    def rebuild(self, timeout: Timeout, retry: Retry | None) -> None:
+        """Compile a pipeline with these policies and route new calls to it."""
+        pipeline = Pipeline(self, timeout, retry)
+        self.pipeline = pipeline
+        self.run_sync = pipeline.run_sync
+        self.run_async = pipeline.run_async
+
+    @property
+    def timeout(self) -> Timeout:
+        return self.pipeline.timeout
+
+    @property
+    def retry(self) -> Retry | None:
+        return self.pipeline.retry
+
+    @property
+    def circuit(self) -> Circuit | None:
+        return self.pipeline.circuit
+
+    @property
+    def metrics(self) -> OperationMetrics:
+        return self.pipeline.metrics
+
+    def describe(self) -> list[str]:
+        """The layers of this guard, outermost first, as they apply to a call."""
+        return self.pipeline.describe()
+
+    def without_fallback(self) -> Guard:
+        """The same guard with no fallback (for redelivering what a fallback kept)."""
+        timeout, retry = self.own
+        return Guard(self.vendor, self.operation, fallback=MISSING, timeout=timeout,
+                     retry=retry, classifier=self.classifier, idempotent=self.idempotent,
+                     timeout_mode=self.timeout_mode)
+
+
+class Pipeline:
+    """A guard's layers compiled for one set of policies; immutable once built."""
+
+    def __init__(self, guard: Guard, timeout: Timeout, retry: Retry | None) -> None:
+        vendor = guard.vendor
+        operation = guard.operation
+        self.guard = guard
+        self.vendor = vendor
+        self.name = vendor.name
+        self.operation = operation
+        self.fallback = guard.fallback
+        self.timeout = timeout
+        self.retry = retry
+        self.classifier = guard.classifier
+        self.idempotent = guard.idempotent
+        self.timeout_mode = guard.timeout_mode
         self.metrics = OperationMetrics(vendor.families, vendor.name, operation)
         vendor.operations.setdefault(operation, self.metrics)
         self.span_name = f"{vendor.name} {operation}"
@@ -119,20 +184,11 @@ class Guard:
         self._remember = self.fallback is not None and self.fallback.remembers
         self._max_open_hint = retry.max_retry_after if retry is not None else 60.0
         self._pool: WorkerPool | None = None
-        self.run_sync: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] = (
-            compile_sync(self))
-        """Call ``fn(*args, **kwargs)`` through the pipeline."""
+        self.run_sync: Run = compile_sync(self)
 
     async def run_async(self, fn: Callable[..., Any], args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
-        """Await ``fn(*args, **kwargs)`` through the pipeline."""
         return await run_async_path(self, fn, args, kwargs)
-
-    def without_fallback(self) -> Guard:
-        """The same guard with no fallback (for redelivering what a fallback kept)."""
-        return Guard(self.vendor, self.operation, fallback=MISSING, timeout=self.timeout,
-                     retry=self.retry, classifier=self.classifier, idempotent=self.idempotent,
-                     timeout_mode=self.timeout_mode)
 
     def describe(self) -> list[str]:
         """The layers of this guard, outermost first, as they apply to a call."""

@@ -98,17 +98,14 @@ def _bind(compiled: Guard, method: Callable[..., Any], is_async: bool) -> Callab
     if compiled.fallback is not None:
         compiled.fallback.bind(compiled, method)
     if is_async:
-        run_async = compiled.run_async
-
         @functools.wraps(method)
         async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-            return await run_async(method, args, kwargs)
+            return await compiled.run_async(method, args, kwargs)
 
         return guarded_async
-    run = compiled.run_sync
 
     @functools.wraps(method)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        return run(method, args, kwargs)
+        return compiled.run_sync(method, args, kwargs)  # read per call: a reload swaps it
 
     return guarded

@@ -6,14 +6,16 @@ import functools
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from . import audit
+from . import audit, config
 from .breaker import STATE_ORDER, Circuit
 from .classify import Classifier
+from .config import VendorPolicy
 from .decorate import decorate
 from .events import ControlApplied, emit
 from .fallback import MISSING
@@ -92,17 +94,12 @@ class Vendor:
                breaker: Breaker | None, bulkhead: Bulkhead | None, critical: bool,
                classifier: Classifier | None, registry: CollectorRegistry | None) -> None:
         self.name = name
-        self.timeout = timeout or Timeout()
-        self.retry = retry
-        self.breaker = breaker
-        self.bulkhead = bulkhead
-        self.critical = bool(critical)
+        self.code_policy = VendorPolicy(timeout=timeout or Timeout(), retry=retry,
+                                        breaker=breaker, bulkhead=bulkhead,
+                                        critical=bool(critical))
+        """The policies given in code (a configuration overrides them field by field)."""
         self.classifier = classifier
         self.families = families(registry)
-        self.slots = None
-        if bulkhead is not None:
-            from .bulkhead import Slots
-            self.slots = Slots(bulkhead.max_concurrent)
         # In flight = the length of a list that calls append to and pop from: atomic, and far
         # cheaper than a gauge inc/dec pair. (prometheus-client's multiprocess mode does not
         # export set_function gauges.)
@@ -111,10 +108,12 @@ class Vendor:
         self._abandoned = self.families.abandoned.labels(name)
         self._abandoned.set(0)
         self._lock = threading.Lock()
+        self._policy_lock = threading.RLock()
         self._circuits: dict[str, Circuit] = {}
         self._buckets: dict[RetryBudget, TokenBucket] = {}
         self._pool: WorkerPool | None = None
         self._guards: dict[str, Guard] = {}
+        self._handles: weakref.WeakSet[Guard] = weakref.WeakSet()
         self.operations: dict[str, OperationMetrics] = {}
         """The metric children of every operation guarded so far (read by health())."""
         self.last_failure: tuple[float, str, str] | None = None
@@ -123,8 +122,66 @@ class Vendor:
         self.health_checks: list[HealthCheck] = []
         self.window = HealthWindow()
         self._override: Callable[[Circuit], None] | None = None
-        if breaker is None or breaker.scope == "vendor":
-            self.circuit_for(name)  # its state is reported (and graphed) from the start
+        with config.LOCK:
+            self._adopt_policy(config.policy_for(name, self.code_policy), None)
+
+    def _adopt_policy(self, policy: VendorPolicy, old: VendorPolicy | None) -> None:
+        """Make ``policy`` the vendor's; circuits are rebuilt only when the breaker policy
+        changed (their state survives otherwise), and slots when the bulkhead did."""
+        self.policy_in_effect = policy
+        self.timeout, self.retry, self.critical = policy.timeout, policy.retry, policy.critical
+        if old is None or policy.bulkhead != old.bulkhead:
+            self.bulkhead = policy.bulkhead
+            self.slots = None
+            if policy.bulkhead is not None:
+                from .bulkhead import Slots
+                self.slots = Slots(policy.bulkhead.max_concurrent)
+            if self._pool is not None:
+                self._pool.max_workers = (policy.bulkhead.max_concurrent if policy.bulkhead
+                                          else DEFAULT_POOL_SIZE)
+        if old is None or policy.breaker != old.breaker:
+            self.breaker = policy.breaker
+            with self._lock:
+                self._circuits = {}
+            if self.breaker is None or self.breaker.scope == "vendor":
+                self.circuit_for(self.name)  # its state is reported (and graphed) from the start
+
+    def adopt(self, guard: Guard) -> None:
+        """Compile ``guard`` under the policies in effect, and again whenever they change."""
+        with self._policy_lock:
+            guard.rebuild(*self.policy_in_effect.for_operation(guard.operation, *guard.own))
+            self._handles.add(guard)
+
+    def plan(self, policy: VendorPolicy) -> list[tuple[Guard, Timeout, Retry | None]]:
+        """The policies each of the vendor's guards would have under ``policy`` (raises
+        :class:`~vendorguard.config.ConfigError` if one is refused)."""
+        with self._policy_lock:
+            guards = list(self._handles)
+        return [(g, *policy.for_operation(g.operation, *g.own)) for g in guards]
+
+    def apply(self, policy: VendorPolicy, plan: list[tuple[Guard, Timeout, Retry | None]],
+              ) -> bool:
+        """Adopt a checked ``policy`` and recompile the guards it changes; False if it is the
+        one in effect."""
+        with self._policy_lock:
+            old = self.policy_in_effect
+            if policy == old:
+                return False
+            self._adopt_policy(policy, old)
+            layers = policy.breaker != old.breaker or policy.bulkhead != old.bulkhead
+            planned = set()
+            for guard, timeout, retry in plan:
+                planned.add(id(guard))
+                if layers or (timeout, retry) != (guard.timeout, guard.retry):
+                    guard.rebuild(timeout, retry)
+            for guard in list(self._handles):  # built while the plan was made
+                if id(guard) not in planned:
+                    try:
+                        guard.rebuild(*policy.for_operation(guard.operation, *guard.own))
+                    except ValueError as exc:
+                        _log.error("vendorguard: %s %s keeps its policies: %s", self.name,
+                                   guard.operation, exc)
+        return True
 
     def __repr__(self) -> str:
         return f"<Vendor {self.name!r}>"
@@ -223,9 +280,7 @@ class Vendor:
     def _guard(self, operation: str, fallback: Any, timeout: Timeout | None,
                retry: Retry | Any | None, classifier: Classifier | None, idempotent: bool,
                timeout_mode: TimeoutMode) -> Guard:
-        return Guard(self, operation, fallback=fallback,
-                     timeout=self.timeout if timeout is None else timeout,
-                     retry=self.retry if retry is MISSING else retry,
+        return Guard(self, operation, fallback=fallback, timeout=timeout, retry=retry,
                      classifier=classifier or self.classifier, idempotent=idempotent,
                      timeout_mode=timeout_mode)
 

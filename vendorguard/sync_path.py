@@ -16,7 +16,7 @@ from .telemetry.tracing import FIRST_TRY_SUCCESS, CallSpan
 from .timeouts import AttemptTimedOut, _deadline, run_in_caller_mode
 
 if TYPE_CHECKING:
-    from .pipeline import Guard
+    from .pipeline import Pipeline
 
 __all__ = ["compile_sync"]
 
@@ -24,7 +24,7 @@ perf = time.perf_counter
 Run = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 
-def compile_sync(g: Guard) -> Run:
+def compile_sync(g: Pipeline) -> Run:
     """Build a guard's ``run_sync``: a closure with everything pre-bound.
 
     While the circuit is closed and no bulkhead or timeout applies, the first attempt runs
@@ -115,7 +115,7 @@ def compile_sync(g: Guard) -> Run:
     return run_sync
 
 
-def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+def _loop(g: Pipeline, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
           start: float, call: Call, first: tuple[Exception, int, float] | None) -> Any:
     """Attempts until success, a caller error, or no further attempt; then fallback/raise."""
     token = _deadline.set(call.deadline) if g.timeout.total is not None else None
@@ -170,7 +170,7 @@ def _loop(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
             _deadline.reset(token)
 
 
-def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+def _attempt(g: Pipeline, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              call: Call) -> tuple[Any, int, float, Exception | None]:
     """One attempt: admission, bulkhead, timeout, the call. Returns (result, generation,
     duration, exception or None); raises Rejected / Stop when no attempt was made."""
@@ -223,7 +223,7 @@ def _attempt(g: Guard, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
     return result, gen, perf() - began, failed
 
 
-def _finish(g: Guard, call: Call, start: float, error: Exception, outcome: str,
+def _finish(g: Pipeline, call: Call, start: float, error: Exception, outcome: str,
             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Serve the fallback for a failed call, or raise its error (outside any handler, so the
     vendor's exception keeps its own ``__context__``)."""

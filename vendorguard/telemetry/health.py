@@ -20,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import audit
+from .. import audit, config
 from ..breaker import CLOSED, FORCED_OPEN, HALF_OPEN, OPEN, STATE_ORDER
 from .metrics import OUTCOMES
 from .window import quantile, read
@@ -33,6 +33,8 @@ __all__ = ["DEGRADED_ERROR_RATE", "MIN_CALLS", "health", "vendor_health"]
 _log = logging.getLogger("vendorguard")
 MIN_CALLS = 10
 DEGRADED_ERROR_RATE = 0.25
+AUDIT_SHOWN = 50
+"""The latest audit entries the report carries."""
 _FAILED = tuple(OUTCOMES.index(o) for o in ("error", "timeout", "rejected"))
 _SEVERITY = {"ok": 0, "degraded": 1, "down": 2}
 
@@ -50,7 +52,10 @@ def health(vendors: list[Vendor] | None = None) -> dict[str, Any]:
             overall = "down"
         elif entry["status"] != "ok" and overall == "ok":
             overall = "degraded"
-    return {"status": overall, "time": time.time(), "vendors": report}
+    settings = config.current()
+    return {"status": overall, "time": time.time(), "vendors": report,
+            "config": {"generation": settings.generation, "source": settings.source},
+            "audit": [e.as_dict() for e in audit.entries(limit=AUDIT_SHOWN)]}
 
 
 def vendor_health(v: Vendor) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class Families:
     outbox_delivered: Counter
     outbox_dead: Counter
     outbound: Counter
+    config_generation: Gauge
 
 
 _lock = threading.Lock()
@@ -60,6 +61,17 @@ _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Families] = (
 
 default_registry: CollectorRegistry = REGISTRY
 """Where vendors built without a ``registry`` put their metrics (a test may swap it)."""
+_generation = 0
+
+
+def set_config_generation(generation: int) -> None:
+    """Show ``generation`` in every registry's ``vendorguard_config_generation`` (and in
+    registries created later)."""
+    global _generation
+    with _lock:
+        _generation = generation
+        for fam in list(_by_registry.values()):
+            fam.config_generation.set(generation)
 
 
 def families(registry: CollectorRegistry | None = None) -> Families:
@@ -70,6 +82,7 @@ def families(registry: CollectorRegistry | None = None) -> Families:
         found = _by_registry.get(reg)
         if found is None:
             found = _create(reg)
+            found.config_generation.set(_generation)
             _by_registry[reg] = found
         return found
 
@@ -118,6 +131,9 @@ def _create(reg: CollectorRegistry) -> Families:
         outbound=Counter("vendorguard_outbound_requests",
                          "Outbound HTTP requests seen by discovery, by host and whether a "
                          "guard covered them.", ("host", "guarded"), registry=reg),
+        config_generation=Gauge("vendorguard_config_generation",
+                                "Configurations that took effect in this process (0: policies "
+                                "from code only).", registry=reg, multiprocess_mode="liveall"),
     )
 
 

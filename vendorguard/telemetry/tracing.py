@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .. import events
 
 if TYPE_CHECKING:
-    from ..pipeline import Guard
+    from ..pipeline import Pipeline
 
 __all__ = ["FIRST_TRY_SUCCESS", "CallSpan", "SpanTracer", "disable", "enable", "follow",
            "refresh"]
@@ -97,7 +97,7 @@ class SpanTracer:
         self.client = SpanKind.CLIENT
         self.error = Status(StatusCode.ERROR)
 
-    def start(self, guard: Guard) -> CallSpan:
+    def start(self, guard: Pipeline) -> CallSpan:
         span = self.tracer.start_span(guard.span_name, kind=self.client,
                                       attributes=guard.span_attributes)
         return CallSpan(self, guard, span, self.attach(self.in_context(span)))
@@ -108,7 +108,7 @@ class CallSpan:
 
     __slots__ = ("_recorded", "_token", "guard", "span", "tracer")
 
-    def __init__(self, tracer: SpanTracer, guard: Guard, span: Any, token: Any) -> None:
+    def __init__(self, tracer: SpanTracer, guard: Pipeline, span: Any, token: Any) -> None:
         self.tracer, self.guard, self.span, self._token = tracer, guard, span, token
         self._recorded: BaseException | None = None
 
