@@ -68,7 +68,7 @@ def busy(metrics: CollectorRegistry) -> vg.Vendor:
 def test_health_has_every_contract_key(busy: vg.Vendor) -> None:
     """The report and each vendor entry have exactly the documented keys."""
     report = vg.health()
-    assert set(report) == {"status", "time", "vendors"}
+    assert set(report) == {"status", "time", "vendors", "config", "audit"}
     assert set(report["vendors"]) == {"acme"}
     assert set(report["vendors"]["acme"]) == VENDOR_KEYS
 

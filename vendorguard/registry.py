@@ -201,9 +201,14 @@ class Vendor:
                 children = circuit_children(self.families, self.name, key)
                 transitions = self.families.circuit_transitions
 
+                made: list[Circuit] = []
+
                 def on_transition(old: str, new: str) -> None:
-                    for s in CIRCUIT_STATES:
-                        children[s].set(1 if s == new else 0)
+                    # A circuit replaced by a reload may still see its last calls end: the
+                    # state gauge belongs to the one in use.
+                    if not made or self._circuits.get(key) is made[0]:
+                        for s in CIRCUIT_STATES:
+                            children[s].set(1 if s == new else 0)
                     transitions.labels(self.name, key, old, new).inc()
 
                 def on_announce(old: str, new: str) -> None:
@@ -215,6 +220,7 @@ class Vendor:
 
                 circuit = Circuit(self.breaker, vendor=self.name, name=key,
                                   on_transition=on_transition, on_announce=on_announce)
+                made.append(circuit)
                 for s in CIRCUIT_STATES:
                     children[s].set(1 if s == circuit.state else 0)
                 if self._override is not None:
