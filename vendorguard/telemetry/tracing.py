@@ -120,7 +120,7 @@ class CallSpan:
 
     def _fail(self, span: Any, exc: BaseException) -> None:
         span.set_attribute("error.type", type(exc).__qualname__)
-        span.record_exception(exc)
+        _record(span, exc)
         span.set_status(self.tracer.error)
         self._recorded = exc
 
@@ -159,7 +159,7 @@ class CallSpan:
             return
         span.set_attribute("error.type", type(error).__qualname__)
         if error is not self._recorded:
-            span.record_exception(error)
+            _record(span, error)
             self._recorded = error
         if not fallback:
             span.set_status(self.tracer.error)
@@ -172,3 +172,13 @@ class CallSpan:
             self.span.set_status(self.tracer.error)
         self.tracer.detach(self._token)
         self.span.end()
+
+
+def _record(span: Any, exc: BaseException) -> None:
+    """An ``exception`` event with the exception's type only. OpenTelemetry's
+    ``record_exception`` would add its message and traceback, which can quote a vendor's
+    answer, a URL with its query string, or the call's arguments (keys, emails, card numbers)."""
+    kind = type(exc)
+    module = kind.__module__
+    name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    span.add_event("exception", {"exception.type": name})
