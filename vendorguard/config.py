@@ -259,16 +259,17 @@ class VendorPolicy:
     critical: bool
     operations: dict[str, Flat] = field(default_factory=dict)
 
-    def for_operation(self, operation: str, timeout: Timeout | None, retry: Retry | Any | None,
-                      ) -> tuple[Timeout, Retry | None]:
+    def for_operation(self, vendor: str, operation: str, timeout: Timeout | None,
+                      retry: Retry | Any | None) -> tuple[Timeout, Retry | None]:
         """The policies of one guard: its own from code (``None`` / ``MISSING``: the
         vendor's), overridden by the operation's settings."""
         timeout = self.timeout if timeout is None else timeout
         retry = self.retry if retry is MISSING else retry
         settings = self.operations.get(operation)
         if settings:
-            timeout = _build(Timeout, timeout, _section(settings, "timeout"))
-            retry = _retry(retry, settings)
+            full = ("vendors", vendor, "operations", operation)
+            timeout = _build(Timeout, timeout, _section(settings, "timeout"), (*full, "timeout"))
+            retry = _retry(retry, settings, full)
         return timeout, retry
 
 
@@ -290,14 +291,27 @@ def _build(kind: type, base: Any, settings: dict[Key, _Setting], full: Key = ())
     fields = {k[0]: s.value for k, s in settings.items() if len(k) == 1 and k != ("enabled",)}
     if not fields and enabled is None:
         return base
+    start = base if base is not None else kind()
     try:
-        return dataclasses.replace(base if base is not None else kind(), **fields)
+        return dataclasses.replace(start, **fields)
     except (TypeError, ValueError) as exc:
-        match = re.search(r"\b[A-Z]\w*\.(\w+)", str(exc))
-        name = match.group(1) if match else ""
-        setting = settings.get((name,)) or next(iter(settings.values()))
-        key = (*full, name) if (name,) in settings else full
-        raise ConfigError(_dotted(key) or "(policy)", setting.origin, str(exc)) from None
+        name = _culprit(start, fields, str(exc))
+        raise ConfigError(_dotted((*full, name)), settings[name,].origin, str(exc)) from None
+
+
+def _culprit(base: Any, fields: dict[str, Any], message: str) -> str:
+    """The field to blame for a refused policy: the one the message names, if it was set;
+    else the first that is refused on its own (it clashes with a value from code); else the
+    last one set."""
+    match = re.search(r"\b[A-Z]\w*\.(\w+)", message)
+    if match and match.group(1) in fields:
+        return match.group(1)
+    for name, value in fields.items():
+        try:
+            dataclasses.replace(base, **{name: value})
+        except (TypeError, ValueError):
+            return name
+    return list(fields)[-1]
 
 
 def _retry(base: Retry | None, flat: Flat, full: Key = ()) -> Retry | None:
@@ -307,8 +321,14 @@ def _retry(base: Retry | None, flat: Flat, full: Key = ()) -> Retry | None:
     nested = {k: s for k, s in settings.items() if k[0] in ("backoff", "budget")}
     top = {k: s for k, s in settings.items() if k not in nested}
     retry: Retry | None = _build(Retry, base, top, (*full, "retry"))
-    if retry is None or not nested:
+    if not nested:
         return retry
+    if retry is None:
+        if top:  # switched off explicitly, yet backoff or budget set
+            other = next(iter(nested))
+            raise ConfigError(_dotted((*full, "retry", *other)), nested[other].origin,
+                              "set while retry.enabled = false")
+        retry = Retry()  # like retry.attempts alone, backoff or budget settings switch it on
     backoff = _build(Backoff, retry.backoff, _section(settings, "backoff"),
                      (*full, "retry", "backoff"))
     budget = _build(RetryBudget, retry.budget, _section(settings, "budget"),
@@ -557,8 +577,10 @@ def watch(interval: float = 2.0) -> Callable[[], None]:
             return None
         return st.st_mtime, st.st_size
 
+    seen = stamp()
+
     def run() -> None:
-        seen = stamp()
+        nonlocal seen
         while not stop.wait(interval):
             now = stamp()
             if now != seen and now is not None:

@@ -149,7 +149,8 @@ class Vendor:
     def adopt(self, guard: Guard) -> None:
         """Compile ``guard`` under the policies in effect, and again whenever they change."""
         with self._policy_lock:
-            guard.rebuild(*self.policy_in_effect.for_operation(guard.operation, *guard.own))
+            guard.rebuild(*self.policy_in_effect.for_operation(self.name, guard.operation,
+                                                                    *guard.own))
             self._handles.add(guard)
 
     def plan(self, policy: VendorPolicy) -> list[tuple[Guard, Timeout, Retry | None]]:
@@ -157,7 +158,7 @@ class Vendor:
         :class:`~vendorguard.config.ConfigError` if one is refused)."""
         with self._policy_lock:
             guards = list(self._handles)
-        return [(g, *policy.for_operation(g.operation, *g.own)) for g in guards]
+        return [(g, *policy.for_operation(self.name, g.operation, *g.own)) for g in guards]
 
     def apply(self, policy: VendorPolicy, plan: list[tuple[Guard, Timeout, Retry | None]],
               ) -> bool:
@@ -177,7 +178,7 @@ class Vendor:
             for guard in list(self._handles):  # built while the plan was made
                 if id(guard) not in planned:
                     try:
-                        guard.rebuild(*policy.for_operation(guard.operation, *guard.own))
+                        guard.rebuild(*policy.for_operation(self.name, guard.operation, *guard.own))
                     except ValueError as exc:
                         _log.error("vendorguard: %s %s keeps its policies: %s", self.name,
                                    guard.operation, exc)
