@@ -16,6 +16,8 @@ from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeAlias
 
+from .remote import add_control, add_status
+
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
         from importlib.resources.abc import Traversable
@@ -121,6 +123,8 @@ def add_discover(commands: Commands) -> None:
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_monitoring,
     add_discover,
+    add_control,
+    add_status,
 )
 
 

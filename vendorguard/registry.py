@@ -346,7 +346,7 @@ class Vendor:
     # -- runtime control ----------------------------------------------------------------------
 
     def _control(self, action: str, reason: str | None, actor: str | None,
-                 apply: Callable[[Circuit], None], override: bool) -> None:
+                 apply: Callable[[Circuit], None], override: bool) -> audit.Entry:
         reason, actor = audit.clean(reason, "reason"), audit.clean(actor, "actor")
         before = self.state
         per_operation = self.breaker is not None and self.breaker.scope == "operation"
@@ -360,6 +360,7 @@ class Vendor:
         entry = audit.record("control", action, vendor=self.name, actor=actor, reason=reason,
                              before=before, after=self.state)
         emit(ControlApplied(self.name, action, reason, entry.time, actor))
+        return entry
 
     @property
     def state(self) -> str:
@@ -367,21 +368,21 @@ class Vendor:
         states = [c.state for c in self.circuits().values()]
         return max(states, key=STATE_ORDER.__getitem__, default="closed")
 
-    def force_open(self, reason: str | None = None, *, actor: str | None = None) -> None:
+    def force_open(self, reason: str | None = None, *, actor: str | None = None) -> audit.Entry:
         """Kill switch: reject every call (served by fallbacks) until force_close/reset."""
-        self._control("force_open", reason, actor, Circuit.force_open, True)
+        return self._control("force_open", reason, actor, Circuit.force_open, True)
 
-    def force_close(self, reason: str | None = None, *, actor: str | None = None) -> None:
+    def force_close(self, reason: str | None = None, *, actor: str | None = None) -> audit.Entry:
         """Close the circuit now, releasing a force_open or disable."""
-        self._control("force_close", reason, actor, Circuit.close, False)
+        return self._control("force_close", reason, actor, Circuit.close, False)
 
-    def disable(self, reason: str | None = None, *, actor: str | None = None) -> None:
+    def disable(self, reason: str | None = None, *, actor: str | None = None) -> audit.Entry:
         """Metrics only: observe every call but never reject one."""
-        self._control("disable", reason, actor, Circuit.disable, True)
+        return self._control("disable", reason, actor, Circuit.disable, True)
 
-    def reset(self, reason: str | None = None, *, actor: str | None = None) -> None:
+    def reset(self, reason: str | None = None, *, actor: str | None = None) -> audit.Entry:
         """Back to a closed circuit with no failures counted."""
-        self._control("reset", reason, actor, Circuit.close, False)
+        return self._control("reset", reason, actor, Circuit.close, False)
 
     def unregister(self) -> None:
         """Remove this vendor from the registry (its metrics stay registered)."""

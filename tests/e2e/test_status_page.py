@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
 from tests.services import require_binary
+from vendorguard import audit
 from vendorguard.telemetry.server import start_http_server
 
 pytestmark = pytest.mark.services
@@ -108,3 +109,37 @@ def test_fetch_failure_is_announced(page: str, tmp_path: Path,
     assert ids["overall"]["data-status"] == "unknown"
     assert not dom.having("data-vendor")
     assert "Cannot load vendor status (HTTP 500)" in " ".join(dom.text)
+
+
+def test_actor_audit_trail_and_generation(page: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control entries name their actor; the report's audit trail (its last 20 entries) and
+    configuration generation are shown, as text."""
+    vg.vendor("email").disable(reason="noisy", actor="<b>alice</b>")
+    health_module = importlib.import_module("vendorguard.telemetry.health")
+    real = health_module.health
+    extra = [{"time": 1.0, "kind": "config", "action": "applied", "vendor": None,
+              "actor": "config", "reason": f"old {i}"} for i in range(25)]
+
+    trail: list[dict[str, Any]] = []
+
+    def health() -> dict[str, Any]:
+        trail[:] = extra + [e.as_dict() for e in audit.entries()]
+        return {**real(), "config": {"generation": 7}, "audit": trail}
+
+    monkeypatch.setattr(health_module, "health", health)
+    dom = render(page, tmp_path)
+    text = " ".join(dom.text)
+    assert "disable by <b>alice</b> — noisy" in text
+    ids = dom.having("id")
+    assert "hidden" not in ids["audit"]
+    assert "hidden" not in ids["generation"]
+    assert "Configuration generation 7." in text
+    assert "Audit trail" in text
+    kinds = [a["data-kind"] for _, a in dom.elements if "data-kind" in a]
+    assert kinds == [e["kind"] for e in reversed(trail[-20:])]  # newest first
+    shown = {e["reason"] for e in trail[-20:]}
+    assert [r for r in (e["reason"] for e in extra) if f"{r} " in text] == [
+        r for r in (e["reason"] for e in extra) if r in shown]
+    assert f"control force open payments — {REASON}" in " ".join(text.split())
+    assert not [tag for tag, _ in dom.elements if tag in ("b", "img")]

@@ -67,8 +67,9 @@ def all_retries(metrics: CollectorRegistry) -> float:
                for s in family.samples if s.name == "vendorguard_retries_total")
 
 
-def no_vendorguard_threads() -> bool:
-    return not [t for t in threading.enumerate() if t.name.startswith("vendorguard-")]
+def no_worker_threads(vendor: str) -> bool:
+    """No worker-pool thread of ``vendor`` is alive (other tests' vendors may have some)."""
+    return not [t for t in threading.enumerate() if t.name == f"vendorguard-{vendor}"]
 
 
 @pytest.fixture
@@ -320,7 +321,7 @@ def test_slack_timeout_is_clamped_per_attempt(slack_site: FakeSlack, slack_vendo
     assert slack_site.count(POST_MESSAGE) == 1
     assert calls(metrics, "slack", OP, "timeout") == 1
     assert slack_vendor._pool is None
-    assert no_vendorguard_threads()
+    assert no_worker_threads("slack")
 
 
 def test_wrap_gives_a_guarded_copy(slack_site: FakeSlack, slack_vendor: vg.Vendor,

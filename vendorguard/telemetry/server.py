@@ -4,9 +4,15 @@
 - ``GET /vendors``: :func:`vendorguard.health` as JSON
 - ``GET /vendors/health``: ``{"status": ...}``, 200, or 503 when a critical vendor is down
 - ``GET /``: the self-contained status page
+- ``POST /vendors/{name}/force-open|force-close|disable|reset``: runtime control, only with a
+  control token (``control_token=`` or the configuration's) and ``Authorization: Bearer``; the
+  JSON body gives a ``reason`` (required) and an ``actor``. Without a token these paths are
+  404 like any unknown path; the checks run so that a client without the token learns nothing
+  about the vendors (405, then 401/403, then 404 for an unknown vendor, then 413/422).
 
 ``HEAD`` is allowed wherever ``GET`` is. Failures answer a plain 500 that never carries an
-exception message: those can hold vendor responses or secrets.
+exception message: those can hold vendor responses or secrets. Neither the token, the
+``Authorization`` header nor a request body is ever logged or echoed.
 """
 
 from __future__ import annotations
@@ -16,9 +22,7 @@ import functools
 import hashlib
 import importlib
 import importlib.resources
-import json
 import logging
-import math
 import os
 import re
 import socket
@@ -34,75 +38,80 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from . import metrics, tracing
+from . import control, metrics, tracing
+from .control import ACTIONS, MAX_BODY, MIN_TOKEN, TokenSource
+from .web import COMMON, JSON, Headers, Request, Response, plain, to_json
 
-__all__ = ["make_asgi_app", "make_wsgi_app", "start_http_server"]
+__all__ = ["ACTIONS", "MAX_BODY", "MAX_PATH", "MIN_TOKEN", "make_asgi_app", "make_wsgi_app",
+           "start_http_server"]
 
-Headers = list[tuple[str, str]]
-Response = tuple[int, Headers, bytes]
 StartResponse = Callable[[str, Headers], object]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]],
                     Callable[[Message], Awaitable[None]]], Awaitable[None]]
-
 MAX_PATH = 2048
 """Longer request paths are refused (414) before any routing."""
 
 _log = logging.getLogger("vendorguard")
 _ROUTES = ("/", "/metrics", "/vendors", "/vendors/health")
 _ALLOW = "GET, HEAD"
-_TEXT = "text/plain; charset=utf-8"
-_JSON = "application/json; charset=utf-8"
-_COMMON: Headers = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
 _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
+_DRAIN = 64 * 1024  # unread WSGI body bytes read and dropped, so the client sees the answer
 
 
-# -- the responses, shared by both apps --------------------------------------------------------
+# -- routing, shared by both apps ----------------------------------------------------------
 
-def _respond(method: str, path: str, accept: str, registry: CollectorRegistry | None,
+def _respond(request: Request, registry: CollectorRegistry | None, token: TokenSource,
              ) -> Response:
     """Route one request; never raises."""
-    if len(path) > MAX_PATH:
-        return _plain(HTTPStatus.REQUEST_URI_TOO_LONG)
-    if path not in _ROUTES:
-        return _plain(HTTPStatus.NOT_FOUND)
-    if method not in ("GET", "HEAD"):
-        status, headers, body = _plain(HTTPStatus.METHOD_NOT_ALLOWED)
-        return status, [*headers, ("Allow", _ALLOW)], body
+    method, path = request.method, request.path
+    label = path
     try:
-        status, headers, body = _get(path, accept, registry)
+        if len(path) > MAX_PATH:
+            response = plain(HTTPStatus.REQUEST_URI_TOO_LONG)
+        elif path in _ROUTES:
+            response = _read(method, path, request.accept, registry)
+        elif (route := control.route(path)) is not None and (secret := token()):
+            label = "/vendors/{name}/" + route[1]
+            response = control.handle(request, secret, *route)
+        else:
+            response = plain(HTTPStatus.NOT_FOUND)
     except Exception as exc:
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f"{frame.filename}:{frame.lineno}" if frame else "?"
         # The type and place only: an exception message may quote a vendor response or secret.
-        _log.error("vendorguard: GET %s failed with %s at %s", path, type(exc).__name__, where)
-        status, headers, body = _plain(HTTPStatus.INTERNAL_SERVER_ERROR)
+        _log.error("vendorguard: %s %s failed with %s at %s", method, label,
+                   type(exc).__name__, where)
+        response = plain(HTTPStatus.INTERNAL_SERVER_ERROR)
+    status, headers, body = response
     headers = [*headers, ("Content-Length", str(len(body)))]
     return status, headers, b"" if method == "HEAD" else body
 
 
-def _get(path: str, accept: str, registry: CollectorRegistry | None) -> Response:
+def _read(method: str, path: str, accept: str, registry: CollectorRegistry | None,
+          ) -> Response:
+    """The GET and HEAD routes."""
+    if method not in ("GET", "HEAD"):
+        return plain(HTTPStatus.METHOD_NOT_ALLOWED, ("Allow", _ALLOW))
     if path == "/metrics":
         tracing.refresh()  # scrapes are regular: they pick up a tracer provider set late
         encoder, content_type = choose_encoder(accept)
-        return 200, [("Content-Type", content_type), *_COMMON], encoder(_metrics(registry))
+        return 200, [("Content-Type", content_type), *COMMON], encoder(_metrics(registry))
     if path == "/":
         page, policy = _page()
-        return 200, [("Content-Type", "text/html; charset=utf-8"), *_COMMON,
+        return 200, [("Content-Type", "text/html; charset=utf-8"), *COMMON,
                      ("Content-Security-Policy", policy),
                      ("Referrer-Policy", "no-referrer")], page
     report = _health()
     if path == "/vendors/health":
         status = str(report["status"])
-        return (503 if status == "down" else 200), [("Content-Type", _JSON), *_COMMON], \
-            _json({"status": status})
-    return 200, [("Content-Type", _JSON), *_COMMON], _json(report)
+        return (503 if status == "down" else 200), [("Content-Type", JSON), *COMMON], \
+            to_json({"status": status})
+    return 200, [("Content-Type", JSON), *COMMON], to_json(report)
 
 
-def _plain(status: HTTPStatus) -> Response:
-    return status.value, [("Content-Type", _TEXT), *_COMMON], f"{status.phrase}\n".encode()
-
+# -- shared helpers --------------------------------------------------------------------------
 
 def _health() -> dict[str, Any]:
     """The health report, looked up at call time (so tests and reloads see the current one)."""
@@ -126,21 +135,6 @@ def _metrics(registry: CollectorRegistry | None) -> CollectorRegistry:
     return metrics.default_registry if registry is None else registry
 
 
-def _json(value: Any) -> bytes:
-    return json.dumps(_finite(value), separators=(",", ":")).encode()
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as ``null``: they are not JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 @functools.cache
 def _page() -> tuple[bytes, str]:
     """The status page and a Content-Security-Policy that admits only its own inline code."""
@@ -160,24 +154,82 @@ def _page() -> tuple[bytes, str]:
 
 # -- WSGI ------------------------------------------------------------------------------------
 
-def make_wsgi_app(registry: CollectorRegistry | None = None) -> WSGIApp:
-    """A WSGI app serving the endpoints; ``registry`` defaults to the global one."""
+class _WSGIBody:
+    """A WSGI request's body, read when asked for and never past ``CONTENT_LENGTH``."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.stream = environ.get("wsgi.input")
+        try:
+            self.left = max(0, int(environ.get("CONTENT_LENGTH") or 0))
+        except ValueError:
+            self.left = 0
+
+    def read(self) -> bytes | None:
+        """The body, or None when it is longer than control.MAX_BODY (then nothing is read)."""
+        return None if self.left > control.MAX_BODY else self._take(self.left)
+
+    def drain(self) -> None:
+        """Read and drop what the app did not read (a bounded amount): a server closing the
+        connection with unread bytes may reset it before the client reads the answer."""
+        if 0 < self.left <= _DRAIN:
+            self._take(self.left)
+
+    def _take(self, size: int) -> bytes:
+        chunks: list[bytes] = []
+        while size > 0 and self.stream is not None:
+            chunk = self.stream.read(size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+            self.left -= len(chunk)
+        return b"".join(chunks)
+
+
+def make_wsgi_app(registry: CollectorRegistry | None = None, *,
+                  control_token: str | None = None) -> WSGIApp:
+    """A WSGI app serving the endpoints.
+
+    Args:
+        registry: the metrics to expose; defaults to the global registry.
+        control_token: the bearer token of the control routes; ``None`` reads the
+            configuration's at each request, ``""`` turns control off.
+
+    Raises:
+        ValueError: ``control_token`` is shorter than ``MIN_TOKEN`` or not visible ASCII.
+    """
+    token = control.token_source(control_token)
 
     def vendorguard_app(environ: dict[str, Any], start_response: StartResponse,
                         ) -> Iterable[bytes]:
-        status, headers, body = _respond(str(environ.get("REQUEST_METHOD", "GET")),
-                                         str(environ.get("PATH_INFO", "") or "/"),
-                                         str(environ.get("HTTP_ACCEPT", "")), registry)
+        body = _WSGIBody(environ)
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        request = Request(
+            method=str(environ.get("REQUEST_METHOD", "GET")),
+            path=str(environ.get("PATH_INFO", "") or "/"),
+            accept=str(environ.get("HTTP_ACCEPT", "")),
+            # WSGI decodes headers as latin-1: encoding back gives the bytes that were sent.
+            authorization=None if authorization is None
+            else str(authorization).encode("latin-1", "replace"),
+            content_type=str(environ.get("CONTENT_TYPE", "")),
+            body=body.read)
+        status, headers, payload = _respond(request, registry, token)
+        body.drain()
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
+        return [payload]
 
     return vendorguard_app
 
 
 # -- ASGI ------------------------------------------------------------------------------------
 
-def make_asgi_app(registry: CollectorRegistry | None = None) -> ASGIApp:
-    """An ASGI app serving the endpoints (HTTP and lifespan; websockets are refused)."""
+def make_asgi_app(registry: CollectorRegistry | None = None, *,
+                  control_token: str | None = None) -> ASGIApp:
+    """An ASGI app serving the endpoints (HTTP and lifespan; websockets are refused).
+
+    Arguments and errors as :func:`make_wsgi_app`.
+    """
+    token = control.token_source(control_token)
 
     async def vendorguard_app(scope: Message, receive: Callable[[], Awaitable[Message]],
                               send: Callable[[Message], Awaitable[None]]) -> None:
@@ -200,18 +252,47 @@ def make_asgi_app(registry: CollectorRegistry | None = None) -> ASGIApp:
         root = str(scope.get("root_path", "") or "")
         if root and path.startswith(root):
             path = path[len(root):] or "/"
-        accept = ""
+        headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", ()):
-            if bytes(name).lower() == b"accept":
-                accept = bytes(value).decode("latin-1")
-        status, headers, body = _respond(str(scope.get("method", "GET")), path, accept,
-                                         registry)
+            key = bytes(name).lower()  # repeated headers are joined, as WSGI servers do
+            headers[key] = headers[key] + b"," + bytes(value) if key in headers \
+                else bytes(value)
+        method = str(scope.get("method", "GET"))
+        body = await _gather(receive, headers.get(b"content-length")) \
+            if method == "POST" else b""
+        request = Request(method=method, path=path,
+                           accept=headers.get(b"accept", b"").decode("latin-1"),
+                           authorization=headers.get(b"authorization"),
+                           content_type=headers.get(b"content-type", b"").decode("latin-1"),
+                           body=lambda: body)
+        status, response_headers, payload = _respond(request, registry, token)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                for k, v in headers]})
-        await send({"type": "http.response.body", "body": body})
+                                for k, v in response_headers]})
+        await send({"type": "http.response.body", "body": payload})
 
     return vendorguard_app
+
+
+async def _gather(receive: Callable[[], Awaitable[Message]], length: bytes | None,
+                  ) -> bytes | None:
+    """The request body from its ``http.request`` messages; None once it passes control.MAX_BODY."""
+    if length is not None and length.strip().isdigit() and int(length) > control.MAX_BODY:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request":  # the client went away
+            break
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > control.MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 # -- the threaded server ---------------------------------------------------------------------
@@ -228,15 +309,20 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 def start_http_server(port: int, addr: str = "127.0.0.1",
-                      registry: CollectorRegistry | None = None,
+                      registry: CollectorRegistry | None = None, *,
+                      control_token: str | None = None,
                       ) -> tuple[WSGIServer, threading.Thread]:
     """Serve the endpoints on ``addr:port`` from a daemon thread.
 
     Port 0 picks a free port (read ``server.server_port``); ``server.shutdown()`` stops it.
+    ``control_token`` as for :func:`make_wsgi_app`. The server speaks plain HTTP: behind
+    anything but loopback, put TLS in front of it before sending it a token.
 
     Raises:
         OSError: the address cannot be bound (for example, the port is taken).
+        ValueError: ``control_token`` is refused.
     """
+    app = make_wsgi_app(registry, control_token=control_token)
     family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
                                 flags=socket.AI_PASSIVE)[0][0]
     server_class = type("VendorguardHTTPServer", (_ThreadingServer,),
@@ -246,7 +332,7 @@ def start_http_server(port: int, addr: str = "127.0.0.1",
     except OSError as exc:
         raise OSError(exc.errno, f"vendorguard: cannot serve on {addr}:{port}: "
                                  f"{exc.strerror or exc}") from exc
-    server.set_app(make_wsgi_app(registry))
+    server.set_app(app)
     thread = threading.Thread(target=server.serve_forever, name="vendorguard-http",
                               daemon=True)
     thread.start()
