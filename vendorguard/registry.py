@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import threading
 import weakref
@@ -100,11 +101,7 @@ class Vendor:
         """The policies given in code (a configuration overrides them field by field)."""
         self.classifier = classifier
         self.families = families(registry)
-        # In flight = the length of a list that calls append to and pop from: atomic, and far
-        # cheaper than a gauge inc/dec pair. (prometheus-client's multiprocess mode does not
-        # export set_function gauges.)
-        self.inflight: list[None] = []
-        self.families.in_flight.labels(name).set_function(self.inflight.__len__)
+        self.inflight: list[None] | GaugeCount = in_flight(self.families.in_flight.labels(name))
         self._abandoned = self.families.abandoned.labels(name)
         self._abandoned.set(0)
         self._lock = threading.Lock()
@@ -389,6 +386,33 @@ class Vendor:
         with _registry_lock:
             if _registry.get(self.name) is self:
                 del _registry[self.name]
+
+
+class GaugeCount:
+    """Calls in flight kept in the gauge itself, for prometheus-client's multiprocess mode
+    (which does not export gauges computed at scrape time): ``append``/``pop`` like a list."""
+
+    __slots__ = ("_child", "append", "pop")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.append: Callable[[None], None] = lambda _: child.inc()
+        self.pop: Callable[[], None] = child.dec
+
+    def __len__(self) -> int:
+        return max(0, int(self._child._value.get()))
+
+
+def in_flight(child: Any) -> list[None] | GaugeCount:
+    """The in-flight count of a vendor. In one process: the length of a list that calls
+    append to and pop from (atomic, and far cheaper than a gauge inc/dec pair), read by the
+    gauge at scrape time; in multiprocess mode, the gauge's own value."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
+        child.set(0)
+        return GaugeCount(child)
+    calls: list[None] = []
+    child.set_function(calls.__len__)
+    return calls
 
 
 def _check(field: str, value: Any, kind: type) -> None:
