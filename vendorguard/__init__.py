@@ -32,6 +32,7 @@ from .policy import Backoff, Breaker, Bulkhead, Policy, Retry, RetryBudget, Time
 from .proxy import VendorProxy
 from .registry import Vendor, guard, vendor, vendors
 from .retry import parse_retry_after, testing_mode
+from .shared import RedisStorage
 from .telemetry.health import health
 from .timeouts import deadline
 
@@ -56,6 +57,7 @@ __all__ = [
     "OutboxError",
     "Policy",
     "Receipt",
+    "RedisStorage",
     "Retry",
     "RetryBudget",
     "Timeout",

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if "redis" in sys.modules:
     import pybreaker
@@ -39,6 +39,9 @@ else:
 
 from .events import CircuitStateChanged, emit
 from .policy import Breaker
+
+if TYPE_CHECKING:
+    from .shared import Shared, Snapshot
 
 __all__ = ["Circuit", "SlowCallError"]
 
@@ -93,13 +96,18 @@ def _now() -> float:
     return clock()
 
 
+def _nothing() -> None:
+    pass
+
+
 class Circuit:
     """One circuit (per vendor, or per operation), its state mirrored for lock-free reads."""
 
     def __init__(self, policy: Breaker | None, *, vendor: str, name: str,
                  clock: Callable[[], float] = _now,
                  on_transition: Callable[[str, str], None] | None = None,
-                 on_announce: Callable[[str, str], None] | None = None) -> None:
+                 on_announce: Callable[[str, str], None] | None = None,
+                 on_shared_error: Callable[[], None] | None = None) -> None:
         # Without a policy the circuit only carries runtime control (force_open, disable).
         self.counting = policy is not None
         policy = policy or _CONTROL_ONLY
@@ -128,7 +136,10 @@ class Circuit:
         self._ring_pos = 0
         self._ring_len = 0
         self._ring_failures = 0
-        storage = policy.storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self.count_shared_error: Callable[[], None] = on_shared_error or _nothing
+        shared_storage = policy.storage if hasattr(policy.storage, "link") else None
+        storage = (None if shared_storage else policy.storage) or \
+            pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self._storage = storage
         self._cb = pybreaker.CircuitBreaker(
             fail_max=policy.failures if policy.failures is not None else 2**62,
@@ -143,6 +154,13 @@ class Circuit:
         if initial != CLOSED:
             with self._lock:
                 self._mirror(initial)
+        self.shared: Shared | None = None
+        """The link to state shared with other processes (vendorguard.RedisStorage)."""
+        if shared_storage is not None:
+            self.shared = shared_storage.link(self)
+            first = self.shared.run("read")
+            if first is not None:
+                self.adopt(first)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -202,9 +220,13 @@ class Circuit:
         if state == FORCED_OPEN or (state == OPEN and self._clock() < self.open_until):
             return REJECT
         with self._lock:
+            if self.state == OPEN and self._clock() < self.open_until:
+                return REJECT
+            if self.shared is not None and self.state in (OPEN, HALF_OPEN):
+                gen = self._admit_shared()
+                if gen is not None:
+                    return gen
             if self.state == OPEN:
-                if self._clock() < self.open_until:
-                    return REJECT
                 self._cb.half_open()  # listener -> _mirror(HALF_OPEN)
             if self.state == HALF_OPEN:
                 if self._trials >= self.policy.half_open_calls:
@@ -214,6 +236,27 @@ class Circuit:
             if self.state == FORCED_OPEN:
                 return REJECT
             return self.gen
+
+    def _admit_shared(self) -> int | None:
+        """A trial slot from the shared state (under the lock); None when Redis is away."""
+        assert self.shared is not None
+        snap = self.shared.run("trial", self.policy.half_open_calls)
+        if snap is None:
+            return None
+        verdict = snap[4]
+        if verdict == "trial":
+            if self.state != HALF_OPEN:
+                self._cb.half_open()
+            self._trials += 1
+            return self.gen
+        if verdict == "closed":
+            self._cb.close()
+            return self.gen
+        # Open, or half-open with every trial taken elsewhere: ask again after a while.
+        if self.state != OPEN:
+            self._cb.open()
+        self.open_until = self._clock() + max(snap[1], self.shared.storage.refresh)
+        return REJECT
 
     def rejecting(self) -> bool:
         """Whether :meth:`admit` would reject now (a read-only check, no trial slot taken)."""
@@ -227,6 +270,8 @@ class Circuit:
             with self._lock:
                 if self.gen == gen and self.state == HALF_OPEN and self._trials > 0:
                     self._trials -= 1
+                    if self.shared is not None:
+                        self.shared.run("release")
 
     # -- recording --------------------------------------------------------------------------
 
@@ -257,8 +302,17 @@ class Circuit:
             if self.state == HALF_OPEN:
                 self._trials = max(0, self._trials - 1)
                 storage.increment_success_counter()
+                if self.shared is not None:
+                    snap = self.shared.run("success", self.policy.half_open_calls)
+                    if snap is not None:
+                        self._adopt(snap)
+                        return
                 if storage.success_counter >= self.policy.half_open_calls:
                     self._cb.close()  # listener -> _mirror(CLOSED)
+            elif self.shared is not None:
+                snap = self.shared.run("success", self.policy.half_open_calls)
+                if snap is not None:
+                    self._adopt(snap)
 
     def failure(self, gen: int, exc: BaseException, retry_after: float | None) -> None:
         """Record a failed attempt admitted in generation ``gen`` (never a caller error)."""
@@ -272,11 +326,19 @@ class Circuit:
             self._pending = self.dirty = True
             storage = self._storage
             storage.increment_counter()
-            trip = self.state == HALF_OPEN
+            trip = rated = self.state == HALF_OPEN
             if not trip and policy.failure_rate is not None:
-                trip = self._push(True)
+                trip = rated = self._push(True)
             if not trip and policy.failures is not None:
                 trip = storage.counter >= policy.failures
+            if self.shared is not None:
+                limit = policy.failures or 0
+                snap = self.shared.run("failure", limit, int(policy.reset_after * 1000),
+                                       int((retry_after or 0.0) * 1000),
+                                       int(rated))
+                if snap is not None:
+                    self._adopt(snap)
+                    return
             if trip:
                 self._retry_after_hint = retry_after or 0.0
                 self._cb.open()  # listener -> _mirror(OPEN)
@@ -309,9 +371,64 @@ class Circuit:
         with self._lock:
             self._override = None
             self._cb.close()  # pybreaker always notifies: the listener mirrors CLOSED
+            if self.shared is not None:
+                self.shared.run("control", "")
 
     def _set_override(self, state: str) -> None:
         with self._lock:
             self._override = None
             self._mirror(state)
             self._override = state
+            if self.shared is not None:
+                self.shared.run("control", state)
+
+    # -- shared state -----------------------------------------------------------------------
+
+    def adopt(self, snap: Snapshot) -> None:
+        """Take on the shared state read from Redis."""
+        with self._lock:
+            self._adopt(snap)
+
+    def _adopt(self, snap: Snapshot) -> None:
+        state, wait, failures, override, _ = snap
+        if override != (self._override or ""):
+            self._override = None
+            if override in (FORCED_OPEN, DISABLED):
+                self._mirror(override)
+                self._override = override
+            else:
+                self._cb.close()
+            return
+        if override:
+            return
+        local = self.state
+        if state == OPEN:
+            if local != OPEN:
+                self._cb.open()
+            self.open_until = self._clock() + wait
+        elif state == CLOSED:
+            if local != CLOSED:
+                self._cb.close()
+            if failures > 0:
+                self._pending = self.dirty = True  # the next success resets the shared count
+        elif state == HALF_OPEN and local != HALF_OPEN:
+            if local != OPEN:
+                self._cb.open()
+            self.open_until = self._clock()  # the next call asks for a trial slot
+
+    def diverged(self, snap: Snapshot) -> bool:
+        """Whether this circuit changed on its own while Redis was away (it opened, or an
+        operator acted) and the shared state has not."""
+        return (snap[0] == CLOSED and not snap[3]
+                and (self.state in (OPEN, FORCED_OPEN, DISABLED) or self._override is not None))
+
+    def publish(self) -> Snapshot | None:
+        """Write this circuit's state to the shared state (after Redis came back)."""
+        assert self.shared is not None
+        with self._lock:
+            override = self._override or ""
+            state = OPEN if self.state == FORCED_OPEN else self.state
+            if state == DISABLED:
+                state = CLOSED
+            wait = max(0.0, self.open_until - self._clock()) if state == OPEN else 0.0
+        return self.shared.run("publish", state, int(wait * 1000), override)

@@ -173,8 +173,9 @@ class Breaker:
     Calls slower than ``slow_call`` seconds count as failures. After ``reset_after`` seconds
     open, up to ``half_open_calls`` trial calls go through; that many successes close it, one
     failure opens it again. ``scope`` is ``"vendor"`` (one circuit per vendor) or
-    ``"operation"`` (one per operation). ``storage`` is a pybreaker storage object (shared
-    state, e.g. Redis); the default keeps state in memory.
+    ``"operation"`` (one per operation). ``storage`` is a :class:`vendorguard.RedisStorage`
+    (state shared by every process guarding the vendor) or a pybreaker storage object; the
+    default keeps state in memory.
     """
 
     failures: int | None = 5
