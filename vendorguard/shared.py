@@ -25,6 +25,7 @@ meanwhile publishes its state; otherwise it adopts the shared one).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,8 @@ class RedisStorage:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _restart(me()))
 
     def __repr__(self) -> str:
         return f"RedisStorage(namespace={self.namespace!r}, refresh={self.refresh})"
@@ -210,12 +213,15 @@ class RedisStorage:
         shared = Shared(self, circuit, f"{self.namespace}:{circuit.vendor}:{circuit.name}")
         with self._lock:
             self._links.add(shared)
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"vendorguard-redis-{self.namespace}")
-                self._thread.start()
+            self._start()
         return shared
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"vendorguard-redis-{self.namespace}")
+            self._thread.start()
 
     def close(self) -> None:
         """Stop the background reads (circuits keep their last state and go local)."""
@@ -284,6 +290,16 @@ class RedisStorage:
                 if not self._links:
                     self._thread = None
                     return
+
+
+def _restart(storage: RedisStorage | None) -> None:
+    """In a child process just forked (e.g. a pre-loading server's worker): the reading thread
+    did not survive the fork; start it again."""
+    if storage is not None and not storage._stop.is_set():
+        storage._lock = threading.Lock()
+        storage._thread = None
+        if storage._links:
+            storage._start()
 
 
 class Shared:
