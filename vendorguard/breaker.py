@@ -156,6 +156,7 @@ class Circuit:
                 self._mirror(initial)
         self.shared: Shared | None = None
         """The link to state shared with other processes (vendorguard.RedisStorage)."""
+        self._shared_version = 0
         if shared_storage is not None:
             self.shared = shared_storage.link(self)
             first = self.shared.run("read")
@@ -240,9 +241,11 @@ class Circuit:
     def _admit_shared(self) -> int | None:
         """A trial slot from the shared state (under the lock); None when Redis is away."""
         assert self.shared is not None
-        snap = self.shared.run("trial", self.policy.half_open_calls)
+        snap = self.shared.run("trial", self.policy.half_open_calls,
+                               int(max(self.policy.reset_after, 1.0) * 1000))
         if snap is None:
             return None
+        self._shared_version = max(self._shared_version, snap[5])
         verdict = snap[4]
         if verdict == "trial":
             if self.state != HALF_OPEN:
@@ -252,7 +255,10 @@ class Circuit:
         if verdict == "closed":
             self._cb.close()
             return self.gen
-        # Open, or half-open with every trial taken elsewhere: ask again after a while.
+        # Open, or half-open with every trial taken: ask again after a while (a trial this
+        # process holds keeps running).
+        if self.state == HALF_OPEN and self._trials > 0 and snap[0] == HALF_OPEN:
+            return REJECT
         if self.state != OPEN:
             self._cb.open()
         self.open_until = self._clock() + max(snap[1], self.shared.storage.refresh)
@@ -270,8 +276,7 @@ class Circuit:
             with self._lock:
                 if self.gen == gen and self.state == HALF_OPEN and self._trials > 0:
                     self._trials -= 1
-                    if self.shared is not None:
-                        self.shared.run("release")
+                    self._tell("release")
 
     # -- recording --------------------------------------------------------------------------
 
@@ -371,18 +376,23 @@ class Circuit:
         with self._lock:
             self._override = None
             self._cb.close()  # pybreaker always notifies: the listener mirrors CLOSED
-            if self.shared is not None:
-                self.shared.run("control", "")
+            self._tell("control", "")
 
     def _set_override(self, state: str) -> None:
         with self._lock:
             self._override = None
             self._mirror(state)
             self._override = state
-            if self.shared is not None:
-                self.shared.run("control", state)
+            self._tell("control", state)
 
     # -- shared state -----------------------------------------------------------------------
+
+    def _tell(self, script: str, *args: Any) -> None:
+        """Run a script on the shared state and take on its answer (under the lock)."""
+        if self.shared is not None:
+            snap = self.shared.run(script, *args)
+            if snap is not None:
+                self._adopt(snap)
 
     def adopt(self, snap: Snapshot) -> None:
         """Take on the shared state read from Redis."""
@@ -390,7 +400,10 @@ class Circuit:
             self._adopt(snap)
 
     def _adopt(self, snap: Snapshot) -> None:
-        state, wait, failures, override, _ = snap
+        state, wait, failures, override, _, version = snap
+        if version < self._shared_version:
+            return  # read before a change this circuit has already taken on
+        self._shared_version = version
         if override != (self._override or ""):
             self._override = None
             if override in (FORCED_OPEN, DISABLED):

@@ -28,7 +28,10 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .policy import _seconds
 
 if TYPE_CHECKING:
     from .breaker import Circuit
@@ -43,25 +46,32 @@ _PROLOGUE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'until', 'trials', 'successes',
-                     'override')
+                     'override', 'version', 'since')
 local state = h[1] or 'closed'
 local failures = tonumber(h[2] or '0')
 local untl = tonumber(h[3] or '0')
 local trials = tonumber(h[4] or '0')
 local successes = tonumber(h[5] or '0')
 local override = h[6] or ''
+local version = tonumber(h[7] or '0')
+local since = tonumber(h[8] or '0')
 local verdict = ''
+local function bump()
+  version = version + 1
+  redis.call('HSET', KEYS[1], 'version', version)
+end
 local function open(wait)
   state = 'open'; untl = now + wait; failures = 0; trials = 0; successes = 0
   redis.call('HSET', KEYS[1], 'state', 'open', 'until', untl, 'failures', 0, 'trials', 0,
              'successes', 0)
+  bump()
 end
 """
 _EPILOGUE = """
 redis.call('PEXPIRE', KEYS[1], TTL)
-return {state, math.max(0, untl - now), failures, override, verdict}
+return {state, math.max(0, untl - now), failures, override, verdict, version}
 """.replace("TTL", str(_TTL_MS))
-_READ = _PROLOGUE + "\nreturn {state, math.max(0, untl - now), failures, override, ''}\n"
+_READ = _PROLOGUE + "\nreturn {state, math.max(0, untl - now), failures, override, '', version}\n"
 # ARGV: failures threshold (0: none), open ms, Retry-After ms, trip by failure rate (0/1)
 _FAILURE = _PROLOGUE + """
 if override == '' then
@@ -73,6 +83,7 @@ if override == '' then
       open(math.max(tonumber(ARGV[2]), tonumber(ARGV[3])))
     else
       redis.call('HSET', KEYS[1], 'failures', failures)
+      bump()
     end
   end
 end
@@ -88,21 +99,30 @@ if state == 'half_open' then
   else
     redis.call('HSET', KEYS[1], 'successes', successes, 'trials', trials)
   end
+  bump()
 elseif state == 'closed' and failures > 0 then
   failures = 0
   redis.call('HSET', KEYS[1], 'failures', 0)
+  bump()
 end
 """ + _EPILOGUE
-# ARGV: trial calls admitted while half-open
+# ARGV: trial calls admitted while half-open; ms after which trials not heard of are given back
+# (their process may have died)
 _TRIAL = _PROLOGUE + """
 if override == '' then
   if state == 'open' and now >= untl then
     state = 'half_open'; trials = 0; successes = 0
     redis.call('HSET', KEYS[1], 'state', 'half_open', 'trials', 0, 'successes', 0)
+    bump()
+  end
+  if state == 'half_open' and trials >= tonumber(ARGV[1]) and now - since >= tonumber(ARGV[2]) then
+    trials = 0
   end
   if state == 'half_open' and trials < tonumber(ARGV[1]) then
     trials = trials + 1
-    redis.call('HSET', KEYS[1], 'trials', trials)
+    since = now
+    redis.call('HSET', KEYS[1], 'trials', trials, 'since', now)
+    bump()
     verdict = 'trial'
   elseif state == 'closed' then
     verdict = 'closed'
@@ -113,6 +133,7 @@ _RELEASE = _PROLOGUE + """
 if state == 'half_open' and trials > 0 then
   trials = trials - 1
   redis.call('HSET', KEYS[1], 'trials', trials)
+  bump()
 end
 """ + _EPILOGUE
 # ARGV: the override ('' releases it and closes the circuit)
@@ -125,6 +146,7 @@ if override == '' then
 else
   redis.call('HSET', KEYS[1], 'override', override)
 end
+bump()
 """ + _EPILOGUE
 # ARGV: state, ms until a trial, override: a circuit that changed while Redis was away
 _PUBLISH = _PROLOGUE + """
@@ -132,20 +154,23 @@ state = ARGV[1]; untl = now + tonumber(ARGV[2]); override = ARGV[3]
 failures = 0; trials = 0; successes = 0
 redis.call('HSET', KEYS[1], 'state', state, 'until', untl, 'failures', 0, 'trials', 0,
            'successes', 0, 'override', override)
+bump()
 """ + _EPILOGUE
 
 
-class Snapshot(tuple[str, float, int, str, str]):
+class Snapshot(tuple[str, float, int, str, str, int]):
     """A circuit's shared state: state, seconds until a trial may run, consecutive failures,
-    override (``""``, ``forced_open``, ``disabled``), and the script's verdict."""
+    override (``""``, ``forced_open``, ``disabled``), the script's verdict, and the version
+    (bumped by every change, so a read older than a change already seen is ignored)."""
 
     __slots__ = ()
 
     @classmethod
     def parse(cls, raw: Any) -> Snapshot:
-        state, wait, failures, override, verdict = (
+        state, wait, failures, override, verdict, version = (
             v.decode() if isinstance(v, bytes) else v for v in raw)
-        return cls((str(state), int(wait) / 1000.0, int(failures), str(override), str(verdict)))
+        return cls((str(state), int(wait) / 1000.0, int(failures), str(override), str(verdict),
+                    int(version)))
 
 
 class RedisStorage:
@@ -164,23 +189,22 @@ class RedisStorage:
     def __init__(self, redis: Any, *, namespace: str = "vendorguard", refresh: float = 0.2,
                  timeout: float = 0.05) -> None:
         import redis as redis_module
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         if not isinstance(namespace, str) or not namespace or ":" in namespace:
             raise ValueError(f"RedisStorage.namespace must be a non-empty string without ':', "
                              f"got {namespace!r}")
-        if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) \
-                or not 0.05 <= refresh <= 5:
-            raise ValueError(f"RedisStorage.refresh must be 0.05 to 5 seconds, got {refresh!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not 0.005 <= timeout <= 1:
-            raise ValueError(f"RedisStorage.timeout must be 0.005 to 1 seconds, got {timeout!r}")
+        refresh = _bounded("refresh", refresh, 0.05, 5)
+        timeout = _bounded("timeout", timeout, 0.005, 1)
+        # One try per call, bounded by the timeout: redis-py's own retries would multiply it.
+        bounds = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                  "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
         if isinstance(redis, str):
-            client = redis_module.Redis.from_url(redis, socket_timeout=timeout,
-                                                 socket_connect_timeout=timeout)
+            client = redis_module.Redis.from_url(redis, **bounds)
         elif isinstance(redis, redis_module.Redis):
             pool = redis.connection_pool
-            options = {**pool.connection_kwargs, "socket_timeout": timeout,
-                       "socket_connect_timeout": timeout}
+            options = {**pool.connection_kwargs, **bounds}
             client = redis_module.Redis(connection_pool=type(pool)(
                 connection_class=pool.connection_class, **options))
         else:
@@ -241,10 +265,6 @@ class RedisStorage:
 
     def failed(self, exc: BaseException) -> None:
         self.errors += 1
-        with self._lock:
-            links = list(self._links)
-        for link in links[:1]:
-            link.circuit.count_shared_error()
         if self.online:
             self.online = False
             _log.warning("vendorguard: Redis for shared breaker state (namespace %s) failed "
@@ -265,6 +285,11 @@ class RedisStorage:
             answers = pipe.execute()
         except self._errors_type as exc:
             self.failed(exc)
+            counted: dict[str, Callable[[], None]] = {}
+            for link in links:  # once per vendor
+                counted.setdefault(link.circuit.vendor, link.circuit.count_shared_error)
+            for count in counted.values():
+                count()
             return False
         back = not self.online
         self.online = True
@@ -292,6 +317,14 @@ class RedisStorage:
                     return
 
 
+def _bounded(field: str, value: Any, low: float, high: float) -> float:
+    seconds = _seconds("RedisStorage", field, value, allow_none=False)
+    assert seconds is not None
+    if not low <= seconds <= high:
+        raise ValueError(f"RedisStorage.{field} must be {low} to {high} seconds, got {value!r}")
+    return seconds
+
+
 def _restart(storage: RedisStorage | None) -> None:
     """In a child process just forked (e.g. a pre-loading server's worker): the reading thread
     did not survive the fork; start it again."""
@@ -315,4 +348,7 @@ class Shared:
         storage = self.storage
         if not storage.online:
             return None
-        return storage.run(name, self.key, *args)
+        snap = storage.run(name, self.key, *args)
+        if snap is None:
+            self.circuit.count_shared_error()
+        return snap
