@@ -25,6 +25,12 @@ Health comes from the SDK's data source status, through its listener: the vendor
 has been interrupted for longer than ``stale_after`` seconds; ``vendorguard_flag_data_age_seconds``
 shows how old the flags in memory may be. ``track``, ``identify`` and ``flush`` enqueue only;
 they never raise and are counted. Supported: launchdarkly-server-sdk 9.x.
+
+In prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), which does not export
+values computed at scrape time, the data age is written on every status change and every
+``AGE_REFRESH`` seconds by a daemon thread that stops when the client is closed. Create the
+client in each worker, not in a pre-loading server's master: the SDK's threads, and this
+thread, do not survive a fork.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -50,16 +57,25 @@ from prometheus_client import CollectorRegistry
 
 from vendorguard import events
 from vendorguard.registry import Vendor, get_or_create
-from vendorguard.telemetry.metrics import OUTCOMES, OperationMetrics, fast_inc, fast_observe
+from vendorguard.telemetry.metrics import (
+    OUTCOMES,
+    OperationMetrics,
+    fast_inc,
+    fast_observe,
+    multiprocess,
+)
 
 from ._ld_sdk import ERRORS, REASONS, SDK_LOGGERS, Evaluation, HookResult, not_ready_filter
 
-__all__ = ["DEFAULT_START_WAIT", "FlagGuard", "LDClient", "wrap"]
+__all__ = ["AGE_REFRESH", "DEFAULT_START_WAIT", "FlagGuard", "LDClient", "wrap"]
 
 DEFAULT_START_WAIT = 1.0
 """Seconds the drop-in waits for flags at start (the SDK's 5 s blocks a whole process start
 when LaunchDarkly is unreachable; after this, defaults are served until the data arrives)."""
 STALE_AFTER = 60.0
+AGE_REFRESH = 1.0
+"""Seconds between writes of ``vendorguard_flag_data_age_seconds`` in prometheus-client's
+multiprocess mode (elsewhere the age is computed at each scrape)."""
 
 _log = logging.getLogger("vendorguard")
 _perf = time.perf_counter
@@ -121,7 +137,15 @@ class FlagGuard:
         self._status: tuple[DataSourceState, float, str | None] = (
             DataSourceState.INITIALIZING, self._started, None)
         self.vendor.add_health_check(self._health)
-        fam.flag_data_age.labels(name).set_function(self.data_age)
+        self._age = fam.flag_data_age.labels(name)
+        self._age_stop: threading.Event | None = None
+        self._age_thread: threading.Thread | None = None
+        self._age_lock = threading.Lock()
+        self._age_written = multiprocess()  # decided once, like the value class of the gauge
+        if self._age_written:
+            self._age.set(0.0)
+        else:
+            self._age.set_function(self.data_age)
 
     # -- data source ----------------------------------------------------------------------------
 
@@ -133,6 +157,8 @@ class FlagGuard:
         provider = client.data_source_status_provider
         provider.add_listener(self._on_status)
         self._on_status(provider.status)
+        if self._age_written:
+            self._start_age_refresh()
         for name in SDK_LOGGERS:  # a logger's filters do not see its children's records
             logging.getLogger(name).addFilter(not_ready_filter)
         offline = getattr(getattr(client, "_config", None), "offline", False)
@@ -148,6 +174,8 @@ class FlagGuard:
             kind = getattr(error.kind, "name", str(error.kind)).lower()
             text = f"{kind} {error.status_code}" if error.status_code else kind
         self._status = (status.state, float(status.since), text)
+        if self._age_written:
+            self._write_age()
 
     def detach(self) -> None:
         """Stop following the client (it was closed): its health no longer speaks for the
@@ -161,6 +189,48 @@ class FlagGuard:
             except Exception:  # a client half torn down: nothing left to listen to
                 _log.debug("vendorguard: launchdarkly status listener already gone")
         self._status = (DataSourceState.OFF, time.time(), None)
+        if self._age_written:
+            self._stop_age_refresh()
+            self._write_age()  # 0 now: the flags of a closed client are not served
+
+    # -- the age gauge in multiprocess mode -----------------------------------------------------
+
+    def _start_age_refresh(self) -> None:
+        """Write the data age every AGE_REFRESH seconds from a daemon thread until detach: the
+        age grows while the data source is down, with no status change to announce it."""
+        self._stop_age_refresh()
+        stop = self._age_stop = threading.Event()
+        guard = weakref.ref(self)
+
+        def refresh() -> None:
+            while not stop.wait(AGE_REFRESH):
+                alive = guard()
+                if alive is None:
+                    return
+                alive._write_age()
+                del alive
+
+        self._age_thread = threading.Thread(
+            target=refresh, name=f"vendorguard-{self.vendor.name}-flag-age", daemon=True)
+        self._age_thread.start()
+
+    def _stop_age_refresh(self) -> None:
+        """Stop the refresh thread and wait for it, so no write of it lands after ours."""
+        stop, thread = self._age_stop, self._age_thread
+        self._age_stop = self._age_thread = None
+        if stop is not None:
+            stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+
+    def _write_age(self) -> None:
+        # Serialised, so a status change seen as the client closes cannot land after the 0.
+        with self._age_lock:
+            try:
+                self._age.set(self.data_age())
+            except Exception:  # the gauge is an observer: it never breaks the client
+                _log.debug("vendorguard: %s: flag data age not written", self.vendor.name,
+                           exc_info=True)
 
     def data_age(self) -> float:
         """Seconds since the flags in memory were last known current: 0 while the data source

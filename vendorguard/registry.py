@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import threading
 import weakref
@@ -23,7 +22,13 @@ from .fallback import MISSING
 from .pipeline import Guard, TimeoutMode, is_async_callable
 from .policy import Breaker, Bulkhead, Policy, Retry, RetryBudget, Timeout
 from .retry import TokenBucket
-from .telemetry.metrics import CIRCUIT_STATES, OperationMetrics, circuit_children, families
+from .telemetry.metrics import (
+    CIRCUIT_STATES,
+    OperationMetrics,
+    circuit_children,
+    families,
+    multiprocess,
+)
 from .telemetry.window import HealthWindow
 from .timeouts import WorkerPool
 
@@ -217,7 +222,9 @@ class Vendor:
                                  log=False)
 
                 circuit = Circuit(self.breaker, vendor=self.name, name=key,
-                                  on_transition=on_transition, on_announce=on_announce)
+                                  on_transition=on_transition, on_announce=on_announce,
+                                  on_shared_error=self.families.shared_errors.labels(
+                                      self.name).inc)
                 made.append(circuit)
                 for s in CIRCUIT_STATES:
                     children[s].set(1 if s == circuit.state else 0)
@@ -407,7 +414,7 @@ def in_flight(child: Any) -> list[None] | GaugeCount:
     """The in-flight count of a vendor. In one process: the length of a list that calls
     append to and pop from (atomic, and far cheaper than a gauge inc/dec pair), read by the
     gauge at scrape time; in multiprocess mode, the gauge's own value."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
+    if multiprocess():
         child.set(0)
         return GaugeCount(child)
     calls: list[None] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import glob
 import hashlib
 import importlib
 import importlib.resources
@@ -126,13 +127,32 @@ def _health() -> dict[str, Any]:
 def _metrics(registry: CollectorRegistry | None) -> CollectorRegistry:
     """The registry to expose: in multiprocess mode a fresh one per scrape, as
     prometheus-client documents, since the values live in the shared directory."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
-        from prometheus_client import multiprocess
-
+    if metrics.multiprocess():
         fresh = CollectorRegistry()
-        multiprocess.MultiProcessCollector(fresh)  # type: ignore[no-untyped-call]
+        _merged_collector()(fresh)
         return fresh
     return metrics.default_registry if registry is None else registry
+
+
+@functools.cache
+def _merged_collector() -> Any:
+    """prometheus-client's multiprocess collector, skipping empty files: a worker creating its
+    file leaves it empty for an instant (and for good if it dies then), and merging an empty
+    file fails the whole scrape (prometheus/client_python#1199)."""
+    from prometheus_client import multiprocess
+
+    class Collector(multiprocess.MultiProcessCollector):
+        def collect(self) -> Any:
+            files = []
+            for path in glob.glob(os.path.join(self._path, "*.db")):
+                try:
+                    if os.path.getsize(path) > 0:
+                        files.append(path)
+                except OSError:  # removed meanwhile (a dead worker's file cleaned up)
+                    pass
+            return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+    return Collector
 
 
 @functools.cache
