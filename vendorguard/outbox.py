@@ -116,6 +116,18 @@ class _Deliverer:
         return self.guard.run_sync(self.fn, args, kwargs)
 
 
+def encode_payload(vendor: str, operation: str, payload: Any, key: str | None) -> str:
+    """A message's payload as the JSON text an outbox keeps (checks it and its key)."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"outbox payloads must be JSON-serialisable ({vendor} "
+                        f"{operation}): {type(exc).__name__}") from None
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"outbox key must be a string or None, got {type(key).__name__}")
+    return text
+
+
 def _encode_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return {"args": list(args), "kwargs": kwargs}
 
@@ -255,13 +267,7 @@ class Outbox(_OutboxFallback):
     def enqueue(self, vendor: str, operation: str, payload: Any, key: str | None = None
                 ) -> Receipt:
         """Keep ``payload`` (JSON-serialisable) for delivery; returns once it is on disk."""
-        try:
-            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"outbox payloads must be JSON-serialisable ({vendor} "
-                            f"{operation}): {type(exc).__name__}") from None
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"outbox key must be a string or None, got {type(key).__name__}")
+        text = encode_payload(vendor, operation, payload, key)
         now = time.time()
         cursor = self._write(
             "INSERT INTO messages (vendor, operation, key, payload, next_attempt, created, "

@@ -63,7 +63,15 @@ from prometheus_client import CollectorRegistry
 from . import audit
 from .classify import Kind, Verdict
 from .errors import BulkheadFullError, CircuitOpenError
-from .outbox import Message, Outbox, OutboxError, Receipt, _encode_call, _OutboxFallback
+from .outbox import (
+    Message,
+    Outbox,
+    OutboxError,
+    Receipt,
+    _encode_call,
+    _OutboxFallback,
+    encode_payload,
+)
 from .telemetry.metrics import families
 
 __all__ = ["PostgresOutbox"]
@@ -334,13 +342,7 @@ class PostgresOutbox(Outbox):
     def enqueue(self, vendor: str, operation: str, payload: Any, key: str | None = None
                 ) -> Receipt:
         """Keep ``payload`` (JSON-serialisable) for delivery; returns once it is committed."""
-        try:
-            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"outbox payloads must be JSON-serialisable ({vendor} "
-                            f"{operation}): {type(exc).__name__}") from None
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"outbox key must be a string or None, got {type(key).__name__}")
+        text = encode_payload(vendor, operation, payload, key)
 
         def insert(conn: _Conn) -> tuple[int, float, bool]:
             for _ in range(3):  # the key's message may be purged between the two statements
