@@ -14,9 +14,10 @@ Each API method is an operation of the vendor ``slack`` (``chat.postMessage``,
 ``conversations.list``; at most 64 names, later ones count as ``other``), created with
 :data:`vendorguard.integrations._http.POLICY` unless registered first.
 
-- 429 ``ratelimited``: transient, retried no earlier than ``Retry-After``.
+- 429 ``ratelimited``, 503 and 408: transient, retried no earlier than ``Retry-After`` (the
+  shared HTTP rules: the vendor said it did not act).
 - A failed connect (nothing was sent): transient, retried.
-- 5xx, read timeouts and dropped connections: ambiguous — Slack may have posted the message —
+- Other 5xx, read timeouts and dropped connections: ambiguous — Slack may have posted the message —
   so not retried (the SDK's default retry handler resends these; the drop-in turns SDK retry
   handlers off unless you pass your own).
 - ``ok: false`` answers: caller errors (``channel_not_found``, ``not_in_channel``...), not

@@ -194,7 +194,7 @@ class Pipeline:
         """The layers of this guard, outermost first, as they apply to a call."""
         t, r, c = self.timeout, self.retry, self.circuit
         layers = ["observe: metrics + events"]
-        layers.append(f"fallback: {type(self.fallback).__name__}" if self.fallback
+        layers.append(f"fallback: {type(self.fallback).__name__.lstrip('_')}" if self.fallback
                       else "fallback: none (failures are raised)")
         layers.append(f"total deadline: {t.total}s and any enclosing vg.deadline"
                       if t.total else "total deadline: enclosing vg.deadline only")

@@ -131,7 +131,8 @@ class Retry:
         budget: the vendor's retry budget; ``None`` for none.
         max_retry_after: the longest Retry-After from the vendor that is honoured; a vendor
             asking for longer ends the call instead.
-        on: exception types that may be retried; ``None`` leaves it to the classifier.
+        on: if given, only these exception types are retried, and only when the classifier
+            also allows it; ``None`` retries whatever the classifier allows.
         wait: a tenacity wait strategy used instead of ``backoff``.
         stop: a tenacity stop strategy checked in addition to ``attempts``.
     """
