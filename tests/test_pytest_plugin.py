@@ -67,6 +67,47 @@ def test_plugin_fixture_and_marker(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=4)
 
 
+APP_SUITE = '''
+import vendorguard as vg
+
+# The application's vendor, made at import time as applications do.
+mail = vg.Vendor("mail", retry=None, breaker=vg.Breaker(failures=2, reset_after=30.0))
+
+@mail.guard("send", fallback="queued")
+def send(to):
+    return "sent"
+
+def test_outage_opens_the_apps_breaker(vendorguard):
+    with vendorguard.inject("mail", vendorguard.outage()):
+        assert send("a") == "queued"
+        assert send("b") == "queued"
+    assert vendorguard.state("mail") == "open"
+    assert vendorguard.calls("mail", "error") == 2
+    assert vendorguard.fallbacks("mail") == 2
+
+def test_next_test_starts_closed_and_counts_from_zero(vendorguard):
+    assert vendorguard.state("mail") == "closed"
+    assert vendorguard.calls("mail") == 0
+    assert send("c") == "sent"
+    assert vendorguard.calls("mail", "success") == 1
+
+def test_vendors_made_in_a_test_are_removed_after_it(vendorguard):
+    vg.Vendor("temporary")
+
+def test_the_same_name_can_be_made_again(vendorguard):
+    vg.Vendor("temporary")
+    assert vg.vendor("mail") is mail
+'''
+
+
+def test_vendors_made_at_import_time(pytester: pytest.Pytester) -> None:
+    """The application's own vendors, made when its modules are imported, are watched by the
+    fixture (counted from zero in each test) and start every test with a closed breaker."""
+    pytester.makepyfile(test_app=APP_SUITE)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+
+
 def test_marker_needs_vendor_names(pytester: pytest.Pytester) -> None:
     """A bare ``vendor_outage`` marker is a usage error, not a silent no-op."""
     pytester.makepyfile(test_bad="""

@@ -42,6 +42,8 @@ class Harness:
     inject = staticmethod(inject)
 
     def __init__(self, clock: FakeClock, metrics_registry: CollectorRegistry) -> None:
+        self._baseline = _samples(metrics_registry)
+        """Counts from before the test (vendors made at import time count from zero)."""
         self.clock = clock
         """The circuits' fake clock: ``vendorguard.clock.advance(30)`` lets a breaker
         half-open without waiting."""
@@ -80,22 +82,45 @@ class Harness:
     def _sum(self, name: str, **labels: str | None) -> float:
         wanted = {k: v for k, v in labels.items() if v is not None}
         total = 0.0
-        for family in self.registry.collect():
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items()):
-                    total += s.value
+        for key, value in _samples(self.registry).items():
+            if key[0] == name and all(dict(key[1]).get(k) == v for k, v in wanted.items()):
+                total += value - self._baseline.get(key, 0.0)
         return total
 
 
+def _samples(fresh: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every vendorguard sample: of the test's registry, and of the vendors made before the
+    test (at import time, in another registry), by name and labels."""
+    sources: list[Any] = [fresh]
+    seen = {id(metrics.families(fresh))}
+    for v in registry.vendors():
+        fam = getattr(v, "families", None)
+        if fam is not None and id(fam) not in seen:
+            seen.add(id(fam))
+            sources += [fam.calls, fam.fallbacks, fam.retries]
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for source in sources:
+        for family in source.collect():
+            for s in family.samples:
+                found[s.name, frozenset(s.labels.items())] = s.value
+    return found
+
+
 class isolated:
-    """Vendors, metrics and the circuits' clock of one test, all restored afterwards."""
+    """Vendors, metrics and the circuits' clock of one test, all restored afterwards.
+
+    Vendors made before the test (at import time, by the application) stay registered: their
+    circuits start and end the test closed, and the harness counts their calls from zero.
+    Vendors made during the test are removed at its end, and their metrics go to a fresh
+    registry."""
 
     def __enter__(self) -> Harness:
         self._stack = ExitStack()
         self._previous = (breaker.clock, metrics.default_registry)
+        self._before = set(registry.vendors())
         clock = FakeClock(breaker.clock())
         fresh = CollectorRegistry()
-        registry.clear()
+        _close_circuits(self._before)
         breaker.clock, metrics.default_registry = clock, fresh
         self._stack.enter_context(testing_mode())
         return Harness(clock, fresh)
@@ -105,4 +130,15 @@ class isolated:
             self._stack.close()
         finally:
             breaker.clock, metrics.default_registry = self._previous
-            registry.clear()
+            for v in registry.vendors():
+                if v not in self._before:
+                    v.unregister()
+            _close_circuits(self._before)
+
+
+def _close_circuits(vendors: set[registry.Vendor]) -> None:
+    """Back to closed, with no failures counted and no kill switch (not audited: a test's
+    set-up, not an operator's action)."""
+    for v in vendors:
+        for circuit in v.circuits().values():
+            circuit.close()

@@ -3,8 +3,8 @@
 Gives every test:
 
 - the ``vendorguard`` fixture (:class:`Harness`): fault injection, a fake clock for breaker
-  resets, a clean registry of vendors and a fresh Prometheus registry for their metrics,
-  testing mode (zero backoff), and assertion helpers::
+  resets, the application's vendors with closed circuits and counts from zero, vendors made
+  during the test removed after it, testing mode (zero backoff), and assertion helpers::
 
       def test_signup_survives_sendgrid_outage(vendorguard):
           with vendorguard.inject("sendgrid", vendorguard.outage()):
