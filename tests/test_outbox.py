@@ -298,6 +298,33 @@ def test_nothing_is_delivered_while_the_circuit_is_open(vendor: vg.Vendor, outbo
     assert outbox.pending()[0].attempts == 0
 
 
+def test_a_half_open_circuit_turning_deliveries_away_ends_the_round(
+        outbox: vg.Outbox, metrics: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a half-open circuit's trial is taken (by the application's own call), the first
+    delivery it turns away leaves the vendor operation for the next round: the backlog is not
+    claimed message by message only to be rejected."""
+    now = [1000.0]
+    monkeypatch.setattr(vg.breaker, "clock", lambda: now[0])
+    v = vg.Vendor(VENDOR, retry=None, registry=metrics,
+                  breaker=vg.Breaker(failures=1, reset_after=30.0))
+    mailbox = Mailbox(down=True)
+    send = guarded_send(v, outbox, mailbox)
+    for n in range(5):
+        send(f"user{n}@example.com")  # the first failure opens the circuit; all are kept
+    mailbox.down = False
+    now[0] += 31.0
+    circuit = v.circuit_for(OP)
+    trial = circuit.admit()  # the application's call in flight holds the one trial
+    assert circuit.state == "half_open"
+    before = calls(metrics, "rejected")
+    assert outbox.drain() == 0
+    assert calls(metrics, "rejected") - before == 1
+    assert mailbox.calls == 1  # only the call that opened the circuit reached the vendor
+    circuit.success(trial, 0.01)
+    assert outbox.drain() == 4  # the one turned away waits for its backoff, unspent
+    assert [m.attempts for m in outbox.pending()] == [0]
+
+
 def test_delivery_resumes_when_the_circuit_closes(vendor: vg.Vendor, outbox: vg.Outbox,
                                                   mailbox: Mailbox) -> None:
     """Messages held back by an open circuit are delivered after force_close()."""

@@ -30,7 +30,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     "vendorguard/integrations/__init__.py",
     "vendorguard/monitoring/dashboards/vendorguard.json",
     "vendorguard/monitoring/alerts/vendorguard.rules.yml",
-], ids=["package", "py.typed", "telemetry", "integrations", "dashboard", "alert-rules"])
+    "vendorguard/demo/runner.py",
+    "vendorguard/testing/plugin.py",
+    "vendorguard/__main__.py",
+], ids=["package", "py.typed", "telemetry", "integrations", "dashboard", "alert-rules", "demo",
+        "pytest-plugin", "main"])
 def test_wheel_contains(wheel: zipfile.ZipFile, member: str) -> None:
     """The wheel holds the package, its type marker, and integrations/ as a subpackage."""
     assert member in wheel.namelist()

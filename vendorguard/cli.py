@@ -118,6 +118,24 @@ def add_discover(commands: Commands) -> None:
     parser.set_defaults(handler=discover_run)
 
 
+# -- vendorguard demo -----------------------------------------------------------------------
+
+def add_demo(commands: Commands) -> None:
+    from .demo import add_arguments, run
+
+    parser = commands.add_parser(
+        "demo", help="watch an app ride out its vendors' outages (local, no network)",
+        description="Run a small shop against local stand-ins for LaunchDarkly, SendGrid and "
+                    "Stripe through the real SDKs and vendorguard's drop-ins, while a timeline "
+                    "breaks them one after another; show each vendor's health live, serve the "
+                    "status page, /metrics and /vendors, and check at the end that no "
+                    "confirmation was lost and no order charged twice. Exit status: 0 when "
+                    "that holds, 1 when it does not (or the demo cannot start), 130 after "
+                    "Ctrl-C (the summary so far is printed first).")
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
 # -- the command line ----------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
@@ -125,6 +143,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_discover,
     add_control,
     add_status,
+    add_demo,
 )
 
 

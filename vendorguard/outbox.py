@@ -116,6 +116,11 @@ class _Deliverer:
         return self.guard.run_sync(self.fn, args, kwargs)
 
 
+TURNED_AWAY = -1
+"""What delivering a message returns when the guard turned it away without asking the vendor
+(its circuit or bulkhead): the drain leaves that vendor operation for its next round."""
+
+
 def encode_payload(vendor: str, operation: str, payload: Any, key: str | None) -> str:
     """A message's payload as the JSON text an outbox keeps (checks it and its key)."""
     try:
@@ -323,14 +328,20 @@ class Outbox(_OutboxFallback):
             "AND lease_until <= ? ORDER BY id" + ("" if limit is None else f" LIMIT {int(limit)}"),
             (now, now))
         delivered = 0
+        turned_away: set[tuple[str, str]] = set()
         for row in rows:
             vendor, operation = row[1], row[2]
             found = self._deliverers.get((vendor, operation))
-            if found is None or self._circuit_open(vendor, operation):
+            if found is None or (vendor, operation) in turned_away \
+                    or self._circuit_open(vendor, operation):
                 continue  # delivered by a process that knows how, or once the circuit allows
             if not self._claim(row[0]):
                 continue
-            delivered += self._deliver(row, *found)
+            result = self._deliver(row, *found)
+            if result == TURNED_AWAY:  # e.g. a half-open circuit's trials are taken: next round
+                turned_away.add((vendor, operation))
+            else:
+                delivered += result
         if rows:
             self._write("DELETE FROM messages WHERE state = 'delivered' AND updated < ?",
                         (now - self.keep_delivered,))
@@ -357,7 +368,7 @@ class Outbox(_OutboxFallback):
         except (CircuitOpenError, BulkheadFullError):  # not an attempt: the vendor was not asked
             self._write("UPDATE messages SET lease_until = 0, next_attempt = ? WHERE id = ?",
                         (time.time() + self.backoff, message_id))
-            return 0
+            return TURNED_AWAY
         except Exception as exc:
             try:
                 verdict = classify(exc)

@@ -64,6 +64,7 @@ from . import audit
 from .classify import Kind, Verdict
 from .errors import BulkheadFullError, CircuitOpenError
 from .outbox import (
+    TURNED_AWAY,
     Message,
     Outbox,
     OutboxError,
@@ -391,10 +392,12 @@ class PostgresOutbox(Outbox):
         on_worker = threading.current_thread() is self._worker
         cutoff: Any = None
         claimed = delivered = 0
+        turned_away: set[tuple[str, str]] = set()
         while limit is None or claimed < limit:
             if on_worker and self._stopping.is_set():
                 break
-            pairs = [(v, o) for v, o in list(self._deliverers) if not self._circuit_open(v, o)]
+            pairs = [(v, o) for v, o in list(self._deliverers)
+                     if (v, o) not in turned_away and not self._circuit_open(v, o)]
             if not pairs:
                 break
             if cutoff is None:  # the server's clock: hosts' clocks need not agree
@@ -404,7 +407,11 @@ class PostgresOutbox(Outbox):
             if row is None:
                 break
             claimed += 1
-            delivered += self._deliver(row, *self._deliverers[row[1], row[2]])
+            result = self._deliver(row, *self._deliverers[row[1], row[2]])
+            if result == TURNED_AWAY:  # e.g. a half-open circuit's trials are taken: next round
+                turned_away.add((row[1], row[2]))
+            else:
+                delivered += result
         if claimed:
             self._on_db("purge delivered messages",
                      lambda c: _query(c, self._sql["purge"], (self.keep_delivered,)))
@@ -428,7 +435,7 @@ class PostgresOutbox(Outbox):
         except (CircuitOpenError, BulkheadFullError):  # not an attempt: the vendor was not asked
             self._on_db("release a message", lambda c: _query(
                 c, self._sql["release"], (self.backoff, message_id, token)))
-            return 0
+            return TURNED_AWAY
         except Exception as exc:
             try:
                 verdict = classify(exc)
