@@ -116,6 +116,8 @@ class _Deliverer:
         return self.guard.run_sync(self.fn, args, kwargs)
 
 
+RECOUNT = 1.0
+"""Seconds an outbox's pending count is trusted before it counts the file again."""
 TURNED_AWAY = -1
 """What delivering a message returns when the guard turned it away without asking the vendor
 (its circuit or bulkhead): the drain leaves that vendor operation for its next round."""
@@ -197,6 +199,8 @@ class Outbox(_OutboxFallback):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._db: sqlite3.Connection | None = self._open()
+        self._counts: dict[str, int] | None = None
+        self._counted = 0.0
         self._refresh_pending()
 
     # -- storage --------------------------------------------------------------------------------
@@ -230,14 +234,23 @@ class Outbox(_OutboxFallback):
         except sqlite3.Error as exc:
             raise OutboxError(f"the outbox could not write to {self.path!r}: {exc}") from exc
 
-    def _refresh_pending(self) -> None:
+    def _refresh_pending(self, enqueued: str | None = None) -> None:
         """Set the pending gauge from the file itself, so that every process sharing it
-        reports what is really waiting (not what it enqueued or delivered itself)."""
+        reports what is really waiting (not what it enqueued or delivered itself). An enqueue
+        within :data:`RECOUNT` seconds of the last count adds one to it instead: counting a
+        long backlog at every enqueue would slow the calls that fill it."""
+        now = time.monotonic()
+        counts = self._counts
+        if enqueued is not None and counts is not None and now - self._counted < RECOUNT:
+            counts[enqueued] = counts.get(enqueued, 0) + 1
+            self._fam.outbox_pending.labels(enqueued).set(counts[enqueued])
+            return
         rows = self._read("SELECT vendor, COUNT(*) FROM messages WHERE state = 'pending' "
                           "GROUP BY vendor", ())
         counts = dict(rows)
         for vendor in {*counts, *(v for v, _ in getattr(self, "_deliverers", {}))}:
             self._fam.outbox_pending.labels(vendor).set(counts.get(vendor, 0))
+        self._counts, self._counted = counts, now
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:
@@ -283,7 +296,7 @@ class Outbox(_OutboxFallback):
                                "operation = ? AND key = ?", (vendor, operation, key))
             return Receipt(found[0][0], vendor, operation, key, found[0][1])
         assert cursor.lastrowid is not None
-        self._refresh_pending()
+        self._refresh_pending(enqueued=vendor)
         self._wake.set()
         return Receipt(cursor.lastrowid, vendor, operation, key, now)
 
@@ -323,18 +336,22 @@ class Outbox(_OutboxFallback):
         Async deliverers run in an event loop of their own on the calling thread: call this
         from a thread without a running loop (or use :meth:`start`)."""
         now = time.time()
+        # Only what this process can deliver now: messages of vendors whose circuit rejects
+        # are not even read (a backlog grows during an outage, and is drained after it).
+        ready = [pair for pair in list(self._deliverers) if not self._circuit_open(*pair)]
         rows = self._read(
             f"SELECT {_COLUMNS} FROM messages WHERE state = 'pending' AND next_attempt <= ? "
-            "AND lease_until <= ? ORDER BY id" + ("" if limit is None else f" LIMIT {int(limit)}"),
-            (now, now))
+            "AND lease_until <= ? AND (vendor, operation) IN (VALUES "
+            + ", ".join(["(?, ?)"] * len(ready)) + ") ORDER BY id"
+            + ("" if limit is None else f" LIMIT {int(limit)}"),
+            (now, now, *(part for pair in ready for part in pair))) if ready else []
         delivered = 0
         turned_away: set[tuple[str, str]] = set()
         for row in rows:
             vendor, operation = row[1], row[2]
             found = self._deliverers.get((vendor, operation))
-            if found is None or (vendor, operation) in turned_away \
-                    or self._circuit_open(vendor, operation):
-                continue  # delivered by a process that knows how, or once the circuit allows
+            if found is None or (vendor, operation) in turned_away:
+                continue
             if not self._claim(row[0]):
                 continue
             result = self._deliver(row, *found)

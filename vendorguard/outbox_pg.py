@@ -322,9 +322,10 @@ class PostgresOutbox(Outbox):
                 for statement in self._schema:
                     _query(conn, statement)
 
-    def _refresh_pending(self) -> None:
+    def _refresh_pending(self, enqueued: str | None = None) -> None:
         """Set the pending gauge from the table, which every worker shares (best effort: the
-        gauge is not worth failing an enqueue that is already committed)."""
+        gauge is not worth failing an enqueue that is already committed). Enqueues count
+        themselves in (see :meth:`enqueue`)."""
         try:
             rows = self._on_db("count pending messages",
                             lambda c: _query(c, self._sql["count"]).fetchall())
