@@ -208,7 +208,10 @@ def test_a_signal_prints_the_summary_so_far_and_removes_the_outbox(
     try:
         wait_for_vendors(port, proc)
         assert [p.name[:17] for p in tmp_path.iterdir()] == ["vendorguard-demo-"]
-        time.sleep(0.5)
+        end = time.monotonic() + 30  # mid-run: once orders are being paid
+        while wait_for_vendors(port, proc)["vendors"]["stripe"]["calls_total"] == 0:
+            assert time.monotonic() < end, "no payment was made"
+            time.sleep(0.05)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
