@@ -123,6 +123,15 @@ TURNED_AWAY = -1
 (its circuit or bulkhead): the drain leaves that vendor operation for its next round."""
 
 
+def kind_of(classify: Any, exc: Exception) -> Kind:
+    """How a failed delivery is classified (a classifier's bug counts as worth retrying)."""
+    try:
+        verdict = classify(exc)
+    except Exception:
+        return Kind.TRANSIENT
+    return verdict.kind if isinstance(verdict, Verdict) else Kind(verdict)
+
+
 def encode_payload(vendor: str, operation: str, payload: Any, key: str | None) -> str:
     """A message's payload as the JSON text an outbox keeps (checks it and its key)."""
     try:
@@ -387,12 +396,7 @@ class Outbox(_OutboxFallback):
                         (time.time() + self.backoff, message_id))
             return TURNED_AWAY
         except Exception as exc:
-            try:
-                verdict = classify(exc)
-            except Exception:  # a classifier bug: treat the failure as worth retrying
-                verdict = Kind.TRANSIENT
-            kind = verdict.kind if isinstance(verdict, Verdict) else verdict
-            dead = kind == Kind.CALLER_ERROR or attempts >= self.max_attempts
+            dead = kind_of(classify, exc) == Kind.CALLER_ERROR or attempts >= self.max_attempts
             wait = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
             self._write("UPDATE messages SET state = ?, attempts = ?, next_attempt = ?, "
                         "lease_until = 0, updated = ?, last_error = ? WHERE id = ?",

@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from prometheus_client import CollectorRegistry
 
 from . import audit
-from .classify import Kind, Verdict
+from .classify import Kind
 from .errors import BulkheadFullError, CircuitOpenError
 from .outbox import (
     TURNED_AWAY,
@@ -72,6 +72,7 @@ from .outbox import (
     _encode_call,
     _OutboxFallback,
     encode_payload,
+    kind_of,
 )
 from .telemetry.metrics import families
 
@@ -438,13 +439,9 @@ class PostgresOutbox(Outbox):
                 c, self._sql["release"], (self.backoff, message_id, token)))
             return TURNED_AWAY
         except Exception as exc:
-            try:
-                verdict = classify(exc)
-            except Exception:  # a classifier bug: treat the failure as worth retrying
-                verdict = Kind.TRANSIENT
-            kind = verdict.kind if isinstance(verdict, Verdict) else verdict
             wait = min(self.max_backoff, self.backoff * 2.0 ** min(attempts, 64))
-            params = {"give_up": kind == Kind.CALLER_ERROR, "max_attempts": self.max_attempts,
+            params = {"give_up": kind_of(classify, exc) == Kind.CALLER_ERROR,
+                      "max_attempts": self.max_attempts,
                       "wait": wait * random.uniform(0.5, 1.0), "error": type(exc).__name__,
                       "id": message_id, "token": token}
             outcome = self._on_db("record a failed delivery",
