@@ -25,6 +25,7 @@ pytest.importorskip("ldclient")
 pytest.importorskip("sendgrid")
 pytest.importorskip("stripe")
 
+from tests.conftest import wait_until
 from vendorguard import cli
 from vendorguard.demo.fakes import FakeSendGrid, FakeStripe
 from vendorguard.demo.runner import SDK_LOGGERS, Options, run
@@ -44,13 +45,13 @@ def free_port() -> int:
 
 
 def settled(before: set[threading.Thread], timeout: float = 5.0) -> list[str]:
-    """Threads started since ``before`` that are still alive after up to ``timeout`` s."""
+    """Threads started since ``before`` that are still alive after joining each for up to
+    ``timeout`` s in all."""
     end = time.monotonic() + timeout
-    while True:
-        left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not left or time.monotonic() > end:
-            return left
-        time.sleep(0.05)
+    started = [t for t in threading.enumerate() if t not in before]
+    for thread in started:
+        thread.join(max(0.0, end - time.monotonic()))
+    return [t.name for t in started if t.is_alive()]
 
 
 def get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -68,19 +69,23 @@ def demo_process(*args: str, tmpdir: Path | None = None) -> subprocess.Popen[str
 
 def wait_for_vendors(port: int, proc: subprocess.Popen[str], timeout: float = 30.0
                      ) -> dict[str, Any]:
-    """Poll /vendors until the demo's three vendors are listed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
+    """Poll /vendors (the demo is another process: nothing to wait on but its answers) until
+    the demo's three vendors are listed."""
+
+    def listed() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"the demo ended early (exit {proc.poll()})")
         try:
             status, body = get(f"http://127.0.0.1:{port}/vendors")
         except (urllib.error.URLError, OSError):
-            time.sleep(0.05)
-            continue
+            return None
         report: dict[str, Any] = json.loads(body)
-        if status == 200 and {"launchdarkly", "sendgrid", "stripe"} <= report["vendors"].keys():
-            return report
-        time.sleep(0.05)
-    raise AssertionError(f"/vendors never listed the demo's vendors (exit {proc.poll()})")
+        wanted = {"launchdarkly", "sendgrid", "stripe"} <= report["vendors"].keys()
+        return report if status == 200 and wanted else None
+
+    report = wait_until(listed, timeout, interval=0.05)
+    assert report is not None, "/vendors never listed the demo's vendors"
+    return report
 
 
 def check_summary(out: str) -> None:
@@ -208,10 +213,9 @@ def test_a_signal_prints_the_summary_so_far_and_removes_the_outbox(
     try:
         wait_for_vendors(port, proc)
         assert [p.name[:17] for p in tmp_path.iterdir()] == ["vendorguard-demo-"]
-        end = time.monotonic() + 30  # mid-run: once orders are being paid
-        while wait_for_vendors(port, proc)["vendors"]["stripe"]["calls_total"] == 0:
-            assert time.monotonic() < end, "no payment was made"
-            time.sleep(0.05)
+        assert wait_until(  # mid-run: once orders are being paid
+            lambda: wait_for_vendors(port, proc)["vendors"]["stripe"]["calls_total"], 30,
+            interval=0.05), "no payment was made"
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -283,9 +287,7 @@ def test_the_fake_sendgrid_never_accepts_a_held_mail() -> None:
         result: list[BaseException] = []
         sender = threading.Thread(target=lambda: _catch(result, send, "held", 5.0))
         sender.start()
-        end = time.monotonic() + 5
-        while fake.held == 0 and time.monotonic() < end:
-            time.sleep(0.01)
+        assert wait_until(lambda: fake.held, 5)  # the request reached the fake's hang
         fake.recover()
         sender.join(5)
         assert len(result) == 1
