@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import vendorguard as vg
+from tests.test_control import serve
 from vendorguard import audit
 from vendorguard.cli import main
-from vendorguard.telemetry.server import start_http_server
 
 TOKEN = "vg-cli-token-0123456789abcdefXYZ"
 health_module = importlib.import_module("vendorguard.telemetry.health")
@@ -32,13 +32,7 @@ def _loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def served(metrics: CollectorRegistry) -> Iterator[str]:
     """The endpoints with control on; yields the base URL."""
-    server, thread = start_http_server(0, registry=metrics, control_token=TOKEN)
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    yield from serve(metrics, TOKEN)
 
 
 @pytest.fixture
